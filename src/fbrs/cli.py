@@ -1,0 +1,50 @@
+"""The `fbrs` command. Each area of the package contributes its sub-commands through a
+`register(subparsers)` function in its own `cli` module, so this file never grows with them."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+from fbrs.errors import FbrsError
+
+# Order = order in `fbrs --help`.
+COMMAND_MODULES = (
+    "fbrs.inference.cli",  # predict, convert, models, demo
+    "fbrs.evaluation.cli",  # evaluate, report, bench
+    "fbrs.training.cli",  # train, pack-data
+    "fbrs.app.cli",  # app
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fbrs", description="Click-based interactive segmentation with f-BRS."
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for module_name in COMMAND_MODULES:
+        if importlib.util.find_spec(module_name) is None:
+            continue
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.handler(args)
+    except FbrsError as error:
+        print(f"fbrs {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fbrs {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Shared fixtures. Tests that need ../shared skip where it is absent (a user's clone), but under
+CI=true a missing ../shared is a failure: CI always has it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("FBRS_SHARED", REPO_ROOT.parent / "shared"))
+REFERENCE = SHARED / "reference"
+DATA = SHARED / "data"
+
+
+def require_shared(path: Path) -> Path:
+    """Return `path` if it exists; otherwise skip (or fail under CI=true) with a clear reason."""
+    if path.exists():
+        return path
+    reason = f"needs {path} (the shared reference/data folder beside the checkout)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true but {reason} is missing")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    return require_shared(REFERENCE)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return require_shared(DATA)
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    # The goldens were produced with one thread; summation order matters for L-BFGS trajectories.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
