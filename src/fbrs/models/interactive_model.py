@@ -1,0 +1,171 @@
+"""The interactive segmentation network: distance maps + fusion conv + DeepLabV3+ + head.
+
+`InteractiveModel(image, points) -> logits` is the whole feed-forward pass. For backpropagating
+refinement the same pass is also available in two halves around a named insertion point:
+`features_at(insertion, ...)` runs everything up to it once (cached by the predictor) and
+`logits_from(insertion, ...)` runs only what comes after it, so f-BRS re-runs only the head.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from fbrs.models.deeplab import DeepLabV3Plus, SegmentationHead, upsample_to
+from fbrs.models.distance_maps import DistanceMaps
+
+#: f-BRS insertion points (paper names A, B, C).
+INSERTIONS = ("after_backbone", "after_aspp", "after_decoder")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a model; stored inside our checkpoints."""
+
+    name: str
+    backbone: str  # resnet34 | resnet50 | resnet101 | mobilenetv2 | tiny
+    deeplab_ch: int = 128
+    aspp_rates: tuple[int, ...] = (12, 24, 36)
+    aspp_dropout: float = 0.2
+    skip_channels: int = 32
+    head_mid_channels: int = 64
+    norm_radius: float = 260.0
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes (training recipe, ...)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["aspp_rates"] = list(self.aspp_rates)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown model config fields: {sorted(unknown)}")
+        data = dict(data)
+        if "aspp_rates" in data:
+            data["aspp_rates"] = tuple(int(rate) for rate in data["aspp_rates"])
+        return cls(**data)
+
+
+class TinyBackbone(nn.Module):
+    """An 8/16-channel stand-in backbone for fast tests: c1 at stride 4, c4 at stride 8."""
+
+    low_level_channels = 8
+    out_channels = 16
+
+    def __init__(self) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+        self.stem = nn.Sequential(block(3, 8), block(8, 8))
+        self.deep = block(8, 16)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c1 = self.stem(x)
+        return c1, self.deep(c1)
+
+
+def build_backbone(name: str) -> nn.Module:
+    if name.startswith("resnet"):
+        from fbrs.models.resnet import DilatedResNet
+
+        return DilatedResNet(name)
+    if name == "mobilenetv2":
+        from fbrs.models.mobilenetv2 import MobileNetV2Backbone
+
+        return MobileNetV2Backbone()
+    if name == "tiny":
+        return TinyBackbone()
+    raise ValueError(f"unknown backbone {name!r}; known: resnet34, resnet50, resnet101, mobilenetv2, tiny")
+
+
+class InteractiveModel(nn.Module):
+    """DeepLabV3+ with the distance-maps fusion block (the original `DistMapsModel`)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.dist_maps = DistanceMaps(norm_radius=config.norm_radius)
+        self.rgb_conv = nn.Sequential(
+            nn.Conv2d(5, 8, 1),
+            nn.LeakyReLU(negative_slope=0.2),
+            nn.BatchNorm2d(8),
+            nn.Conv2d(8, 3, 1),
+        )
+        self.feature_extractor = DeepLabV3Plus(
+            build_backbone(config.backbone),
+            channels=config.deeplab_ch,
+            skip_channels=config.skip_channels,
+            aspp_rates=config.aspp_rates,
+            aspp_dropout=config.aspp_dropout,
+        )
+        self.head = SegmentationHead(config.deeplab_ch, config.head_mid_channels)
+
+    # -- the whole pass ---------------------------------------------------------------------------
+    def forward(self, image: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """image (B,3,H,W) ImageNet-normalised float32; points (B,2N,2) (y, x), first N positive,
+        padded with (-1, -1). Returns logits (B,1,H,W)."""
+        return self.forward_with_maps(image, self.dist_maps(image, points))
+
+    def forward_with_maps(self, image: torch.Tensor, coord_features: torch.Tensor) -> torch.Tensor:
+        """Same as forward, with the (B,2,H,W) distance maps given (DistMap-BRS perturbs them)."""
+        features = self.feature_extractor(self.fuse(image, coord_features))
+        return upsample_to(self.head(features), image.shape[2:])
+
+    def fuse(self, image: torch.Tensor, coord_features: torch.Tensor) -> torch.Tensor:
+        return self.rgb_conv(torch.cat((image, coord_features), dim=1))
+
+    # -- the pass split around an f-BRS insertion point ------------------------------------------
+    def insertion_channels(self, insertion: str) -> int:
+        extractor = self.feature_extractor
+        return {
+            "after_backbone": extractor.backbone_channels,
+            "after_aspp": extractor.channels + extractor.skip_channels,
+            "after_decoder": extractor.channels,
+        }[insertion]
+
+    def features_at(
+        self, insertion: str, image: torch.Tensor, points: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run the network up to `insertion`. Returns (features, skip) where skip is the projected
+        low-level feature map needed after the backbone insertion (None otherwise)."""
+        x = self.fuse(image, self.dist_maps(image, points))
+        if insertion == "after_decoder":
+            return self.feature_extractor(x), None
+        c1, c4 = self.feature_extractor.encode(x)
+        if insertion == "after_backbone":
+            return c4, c1
+        if insertion == "after_aspp":
+            return self.feature_extractor.aspp_and_skip(c1, c4), None
+        raise ValueError(f"unknown insertion point {insertion!r}; known: {INSERTIONS}")
+
+    def logits_from(
+        self, insertion: str, features: torch.Tensor, skip: torch.Tensor | None, size: tuple[int, int]
+    ) -> torch.Tensor:
+        """Run the rest of the network after `insertion` on (possibly scaled) features -> (B,1,*size)."""
+        extractor = self.feature_extractor
+        if insertion == "after_backbone":
+            features = extractor.decode(extractor.aspp_and_skip(skip, features))
+        elif insertion == "after_aspp":
+            features = extractor.decode(features)
+        return upsample_to(self.head(features), size)
+
+    # -- parameter groups for training -----------------------------------------------------------
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        return list(self.feature_extractor.backbone.parameters())
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        backbone_ids = {id(p) for p in self.backbone_parameters()}
+        return [p for p in self.parameters() if id(p) not in backbone_ids]
