@@ -1,0 +1,78 @@
+"""Clicks and their two encodings for the network: the padded points tensor and the 3x3 click squares."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Click:
+    """One user click at pixel (y, x) = (row, column); coordinates may be fractional (after Zoom-In)."""
+
+    y: float
+    x: float
+    is_positive: bool
+
+    @property
+    def coords(self) -> tuple[float, float]:
+        return (self.y, self.x)
+
+    def moved(self, y: float, x: float) -> Click:
+        return Click(y, x, self.is_positive)
+
+
+ClickList = Sequence[Click]
+
+
+def points_tensor(clicks_lists: Sequence[ClickList], clicks_limit: int | None = None) -> torch.Tensor:
+    """Encode click lists as the network's points tensor.
+
+    Returns (B, 2N, 2) float32 (y, x): per batch item the first N rows are positive clicks, the last N
+    negative, padded with (-1, -1). N = max count of one kind over the batch, capped by `clicks_limit`,
+    at least 1. With a limit only the first `clicks_limit` clicks (chronologically) are used, as the
+    original does.
+    """
+    positives = [sum(click.is_positive for click in clicks) for clicks in clicks_lists]
+    negatives = [len(clicks) - count for clicks, count in zip(clicks_lists, positives, strict=True)]
+    num_points = max(positives + negatives)
+    if clicks_limit is not None:
+        num_points = min(clicks_limit, num_points)
+    num_points = max(1, num_points)
+    rows = []
+    for clicks in clicks_lists:
+        clicks = list(clicks)[:clicks_limit]
+        positive = [click.coords for click in clicks if click.is_positive]
+        negative = [click.coords for click in clicks if not click.is_positive]
+        pad = (-1.0, -1.0)
+        rows.append(positive + [pad] * (num_points - len(positive)) + negative + [pad] * (num_points - len(negative)))
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def click_squares(
+    clicks_lists: Sequence[ClickList], height: int, width: int, radius: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,1,H,W) float32 masks of (2*radius+1)^2 squares around every positive / negative click.
+
+    Centres are `round(y), round(x)` with Python's round-half-to-even. A square whose top or left edge
+    would be negative is dropped entirely, as Python slicing does in the original (a click on row 0 or
+    column 0 has no square); the BRS loss depends on this.
+    """
+    positive = torch.zeros((len(clicks_lists), 1, height, width), dtype=torch.float32)
+    negative = torch.zeros_like(positive)
+    for index, clicks in enumerate(clicks_lists):
+        for click in clicks:
+            y, x = int(round(click.y)), int(round(click.x))
+            y1, x1 = y - radius, x - radius
+            target = positive if click.is_positive else negative
+            if y1 < 0 or x1 < 0:
+                # Python slicing with a negative start counts from the end: reproduce it exactly.
+                rows = range(height)[y1 : y + radius + 1]
+                cols = range(width)[x1 : x + radius + 1]
+                if len(rows) and len(cols):
+                    target[index, 0, rows.start : rows.stop, cols.start : cols.stop] = 1.0
+                continue
+            target[index, 0, y1 : y + radius + 1, x1 : x + radius + 1] = 1.0
+    return positive, negative

@@ -1,0 +1,257 @@
+"""The public predictor: one image, one object, clicks in, probability map out."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from fbrs.errors import InvalidClickError, InvalidImageError
+from fbrs.images import IMAGENET_MEAN, IMAGENET_STD, as_rgb_uint8
+from fbrs.inference.brs.objective import BRSConfig, LBFGSConfig
+from fbrs.inference.brs.refiners import FeatureBRS, InputBRS, NoRefinement, Refiner
+from fbrs.inference.clicks import Click
+from fbrs.inference.modes import MODES
+from fbrs.inference.zoom_in import ZoomIn, ZoomInConfig
+from fbrs.models.interactive_model import InteractiveModel
+
+_UNSET: Any = object()
+
+
+def normalise_image(image: np.ndarray) -> torch.Tensor:
+    """(H,W,3) uint8 -> (1,3,H,W) float32: /255 then ImageNet mean/std (the original ToTensor+Normalize)."""
+    tensor = torch.from_numpy(image).permute(2, 0, 1).float().div(255)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return ((tensor - mean) / std)[None]
+
+
+class Predictor:
+    """Interactive segmentation of one object at a time.
+
+    >>> predictor = Predictor(model, mode="f-BRS-B")
+    >>> predictor.set_image(rgb)                       # (H, W, 3) uint8
+    >>> probs = predictor.add_click(120, 80, True)    # (y, x) = (row, column); (H, W) float32 in [0, 1]
+    >>> mask = probs > predictor.prob_threshold
+
+    Args:
+        model: an InteractiveModel (see `fbrs.load_model`, `fbrs.models.load_default_model`).
+        mode: "NoBRS", "RGB-BRS", "DistMap-BRS", "f-BRS-A", "f-BRS-B" or "f-BRS-C".
+        zoom_in: run the network on a crop around the object from the 2nd click on (Zoom-In).
+        zoom_in_target_size: longer side of the crop fed to the network (400; the original used 600 on DAVIS).
+        zoom_in_skip_clicks: clicks before Zoom-In starts: 1 as the original code, 2 as the paper's text.
+        with_flip: average the logits with those of the horizontally flipped input.
+        prob_threshold: mask threshold used by the BRS early exits and `mask` (0.49 as the original).
+        clicks_limit: only the first N clicks enter the network (later ones only steer BRS); the
+            default is the original's: 8 for f-BRS, 5 for RGB/DistMap-BRS (the paper states 4), none for NoBRS.
+        lbfgs_max_evaluations: L-BFGS function evaluations per click (20).
+        max_clicks: refuse clicks beyond this many (None: no limit).
+    """
+
+    def __init__(
+        self,
+        model: InteractiveModel,
+        mode: str = "f-BRS-B",
+        zoom_in: bool = True,
+        zoom_in_target_size: int = 400,
+        zoom_in_skip_clicks: int = 1,
+        with_flip: bool = True,
+        prob_threshold: float = 0.49,
+        clicks_limit: int | None = _UNSET,
+        lbfgs_max_evaluations: int = 20,
+        max_clicks: int | None = None,
+        device: str | torch.device | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; available: {', '.join(MODES)}")
+        spec = MODES[mode]
+        self.model = model.eval()
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.mode = mode
+        self.prob_threshold = prob_threshold
+        self.with_flip = with_flip
+        self.max_clicks = max_clicks
+        self.clicks_limit = spec.clicks_limit if clicks_limit is _UNSET else clicks_limit
+        self.zoom_in = ZoomIn(ZoomInConfig(zoom_in_target_size, zoom_in_skip_clicks)) if zoom_in else None
+        config = BRSConfig(
+            lbfgs=LBFGSConfig(maxfun=lbfgs_max_evaluations, maxiter=2 * lbfgs_max_evaluations),
+            prob_threshold=prob_threshold,
+        )
+        common = {"clicks_limit": self.clicks_limit, "with_flip": with_flip, "config": config}
+        if spec.refiner == "none":
+            self.refiner: Refiner = NoRefinement(**common)
+        elif spec.refiner == "input":
+            self.refiner = InputBRS(spec.target, **common)
+        else:
+            self.refiner = FeatureBRS(spec.target, **common)
+        self._image: np.ndarray | None = None
+        self._image_tensor: torch.Tensor | None = None
+        self._clicks: list[Click] = []
+        self._probabilities: np.ndarray | None = None
+        self._history: list[dict[str, Any]] = []
+
+    # -- public surface ---------------------------------------------------------------------------
+    def set_image(self, image: np.ndarray) -> None:
+        """image: (H, W, 3) uint8 RGB; (H, W) grayscale, RGBA and 16-bit are converted, else InvalidImageError.
+
+        Forgets all clicks."""
+        self._image = as_rgb_uint8(image)
+        self._image_tensor = normalise_image(self._image).to(self.device)
+        self.reset()
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) of the current image."""
+        self._require_image()
+        return self._image.shape[0], self._image.shape[1]
+
+    @property
+    def clicks(self) -> list[Click]:
+        return list(self._clicks)
+
+    @property
+    def probabilities(self) -> np.ndarray | None:
+        """The last probability map (H, W) float32, or None before the first click."""
+        return self._probabilities
+
+    @property
+    def mask(self) -> np.ndarray | None:
+        """The last mask (H, W) bool = probabilities > prob_threshold, or None before the first click."""
+        return None if self._probabilities is None else self._probabilities > self.prob_threshold
+
+    def add_click(self, y: float, x: float, positive: bool) -> np.ndarray:
+        """Add a click at (y, x) = (row, column) in image pixels; returns the (H, W) float32 probabilities."""
+        height, width = self.image_size
+        try:
+            y, x = float(y), float(x)
+        except (TypeError, ValueError):
+            raise InvalidClickError(f"click coordinates must be numbers, got y={y!r}, x={x!r}") from None
+        if not (0 <= y < height and 0 <= x < width):
+            raise InvalidClickError(
+                f"click (y={y:g}, x={x:g}) is outside the image (height {height}, width {width})"
+            )
+        if self.max_clicks is not None and len(self._clicks) >= self.max_clicks:
+            raise InvalidClickError(f"click limit reached: at most {self.max_clicks} clicks per object")
+        self._history.append(self.get_state())
+        self._clicks.append(Click(y, x, bool(positive)))
+        self._probabilities = self._predict()
+        return self._probabilities
+
+    def undo(self) -> np.ndarray | None:
+        """Remove the last click, restoring the exact state before it. Returns the probabilities then."""
+        if not self._history:
+            return self._probabilities
+        self.set_state(self._history.pop(), keep_history=True)
+        return self._probabilities
+
+    def reset(self) -> None:
+        """Forget all clicks of the current object (keeps the image)."""
+        self._clicks = []
+        self._probabilities = None
+        self._history = []
+        self.refiner.reset()
+        if self.zoom_in is not None:
+            self.zoom_in.reset()
+
+    def get_state(self) -> dict[str, Any]:
+        """Everything that determines future predictions; `set_state` restores it exactly."""
+        return {
+            "clicks": list(self._clicks),
+            "probabilities": None if self._probabilities is None else self._probabilities.copy(),
+            "refiner": self.refiner.get_state(),
+            "zoom_in": None if self.zoom_in is None else self.zoom_in.get_state(),
+            "history_length": len(self._history),
+        }
+
+    def set_state(self, state: dict[str, Any], keep_history: bool = False) -> None:
+        self._require_image()
+        self._clicks = list(state["clicks"])
+        self._probabilities = None if state["probabilities"] is None else state["probabilities"].copy()
+        self.refiner.set_state(state["refiner"])
+        if self.zoom_in is not None and state["zoom_in"] is not None:
+            self.zoom_in.set_state(state["zoom_in"])
+        elif self.zoom_in is not None:
+            self.zoom_in.reset()
+        if not keep_history:
+            self._history = self._history[: state.get("history_length", 0)]
+
+    def predict(
+        self,
+        points: np.ndarray | Sequence[Sequence[float]],
+        labels: np.ndarray | Sequence[int | bool],
+        prev_state: dict[str, Any] | None = None,
+        return_state: bool = False,
+    ):
+        """Stateless prediction for a whole click sequence.
+
+        points: (N, 2) (y, x) in image pixels, in click order; labels: (N,) 1/True positive, 0/False negative.
+        prev_state: a state from `get_state()`/an earlier `predict(..., return_state=True)` whose clicks are
+        a prefix of `points`: only the new clicks are computed. The predictor's own state is unchanged.
+        Returns the (H, W) float32 probabilities, or (probabilities, state) with return_state.
+        """
+        points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        labels = np.asarray(labels).reshape(-1)
+        if len(points) != len(labels):
+            raise InvalidClickError(f"{len(points)} points but {len(labels)} labels")
+        if len(points) == 0:
+            raise InvalidClickError("predict needs at least one click")
+        saved = self.get_state()
+        saved_history = list(self._history)
+        try:
+            start = 0
+            if prev_state is not None and self._is_prefix(prev_state["clicks"], points, labels):
+                self.set_state(prev_state)
+                start = len(prev_state["clicks"])
+            else:
+                self.reset()
+            for (y, x), label in zip(points[start:], labels[start:], strict=True):
+                self.add_click(y, x, bool(label))
+            result = self._probabilities
+            state = self.get_state()
+        finally:
+            self.set_state(saved, keep_history=True)
+            self._history = saved_history
+        return (result, state) if return_state else result
+
+    # -- internals --------------------------------------------------------------------------------
+    def _require_image(self) -> None:
+        if self._image is None:
+            raise InvalidImageError("no image set: call set_image(image) first")
+
+    @staticmethod
+    def _is_prefix(clicks: Sequence[Click], points: np.ndarray, labels: np.ndarray) -> bool:
+        if len(clicks) > len(points) or len(clicks) == 0:
+            return False
+        return all(
+            click.y == y and click.x == x and click.is_positive == bool(label)
+            for click, (y, x), label in zip(clicks, points, labels, strict=False)
+        )
+
+    def _predict(self) -> np.ndarray:
+        image = self._image_tensor
+        clicks = self._clicks
+        image_changed = False
+        if self.zoom_in is not None:
+            image, clicks = self.zoom_in.transform(image, clicks)
+            image_changed = self.zoom_in.image_changed
+        clicks_lists = [clicks]
+        if self.with_flip:
+            width = image.shape[3]
+            image = torch.cat([image, torch.flip(image, dims=[3])], dim=0)
+            clicks_lists.append([click.moved(click.y, width - click.x - 1) for click in clicks])
+        logits = self.refiner.predict(self.model, image, clicks_lists, image_changed)
+        with torch.no_grad():
+            if self.with_flip:
+                # The original averages the flips on logits, before the sigmoid.
+                logits = 0.5 * (logits[:1] + torch.flip(logits[1:], dims=[3]))
+            probs = torch.sigmoid(logits)
+            if self.zoom_in is not None:
+                probs = self.zoom_in.inverse(probs, self.image_size)
+        return probs[0, 0].cpu().numpy().astype(np.float32, copy=False)
+
+    def __deepcopy__(self, memo):  # pragma: no cover - models are shared, never copied
+        clone = copy.copy(self)
+        return clone
