@@ -1,0 +1,131 @@
+"""`fbrs app`: serve the annotation web UI and HTTP API on a folder of images."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import webbrowser
+from pathlib import Path
+from typing import Any
+
+from fbrs.errors import CheckpointError, ConfigError
+
+SAMPLES_DIR = Path(__file__).resolve().parents[1] / "data" / "samples"
+SAMPLES_OUT_DIR = Path("fbrs_annotations")
+
+
+def load_app_model(model_path: str | os.PathLike | None) -> tuple[Any, str | None]:
+    """(model, name) from `model_path`, else the bundled default model, else (None, None) with a warning."""
+    from fbrs.models import load_default_model, load_model
+
+    if model_path is not None:
+        return load_model(model_path), Path(model_path).name
+    try:
+        return load_default_model(), "default"
+    except CheckpointError as error:
+        print(f"fbrs app: warning: {error}; only modes that need no model are available", file=sys.stderr)
+        return None, None
+
+
+def build_app(
+    images_dir: str | os.PathLike | None,
+    model_path: str | os.PathLike | None = None,
+    out_dir: str | os.PathLike | None = None,
+    limits: Any = None,
+    model: Any = None,
+):
+    """The FastAPI app for a folder (None: the bundled sample images, saved to ./fbrs_annotations).
+
+    `model` (an InteractiveModel) overrides `model_path`; tests pass `build_model("tiny_test")`.
+    """
+    from fbrs.app.engine import PredictionEngine
+    from fbrs.app.project import AnnotationProject, AppLimits
+    from fbrs.app.server import create_app
+
+    if images_dir is None:
+        images_dir = SAMPLES_DIR
+        out_dir = SAMPLES_OUT_DIR if out_dir is None else out_dir
+    model_name = "given model" if model is not None else None
+    if model is None:
+        model, model_name = load_app_model(model_path)
+    engine = PredictionEngine(model, model_name=model_name)
+    if not any(mode["available"] for mode in engine.modes()):
+        raise CheckpointError("no predictor mode can run without a model; pass --model PATH")
+    project = AnnotationProject(images_dir, out_dir, limits=limits or AppLimits())
+    return create_app(engine, project)
+
+
+def run_app(
+    images_dir: str | os.PathLike | None,
+    model_path: str | os.PathLike | None = None,
+    out_dir: str | os.PathLike | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    open_browser: bool = False,
+    limits: Any = None,
+) -> int:
+    """Serve the annotation app until interrupted (what `fbrs app` and `fbrs demo` run). Returns 0."""
+    import uvicorn
+
+    app = build_app(images_dir, model_path, out_dir, limits)
+    project = app.state.project
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
+    print(f"fbrs app: annotating {project.images_dir} ({len(project.image_names)} images), "
+          f"saving to {project.out_dir}")
+    print(f"fbrs app: open {url}  (API docs: {url}docs; Ctrl+C to stop)")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print("fbrs app: warning: the API has no authentication; anyone who reaches "
+              f"{host}:{port} can read the images and write annotations", file=sys.stderr)
+    if open_browser:
+        threading.Timer(1.0, webbrowser.open, args=(url,)).start()
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _handle_app(args: argparse.Namespace) -> int:
+    from fbrs.app.project import AppLimits
+
+    if args.images_dir is not None and not Path(args.images_dir).is_dir():
+        raise ConfigError(f"images folder not found: {args.images_dir}")
+    limits = AppLimits(
+        max_upload_bytes=args.max_upload_mb * 1024 * 1024,
+        max_image_pixels=args.max_image_pixels,
+        max_sessions=args.max_sessions,
+    )
+    return run_app(args.images_dir, args.model, args.out, args.host, args.port, args.open_browser, limits)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "app",
+        help="web UI and HTTP API for annotating a folder of images with clicks",
+        description="Serve the annotation web UI and HTTP API (OpenAPI docs at /docs). Saves per image an "
+        "instance-id PNG and a click log, and COCO instances JSON (RLE and polygons) for the folder; "
+        "reopening the folder resumes where you stopped.",
+    )
+    parser.add_argument("images_dir", nargs="?", default=None,
+                        help="folder of images (default: the bundled sample images)")
+    parser.add_argument("--model", default=None,
+                        help="model file (.safetensors or original f-BRS .pth; default: the bundled model)")
+    parser.add_argument("--out", default=None,
+                        help="annotation folder (default: IMAGES_DIR/annotations; ./fbrs_annotations for samples)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine)")
+    parser.add_argument("--port", type=_positive_int, default=8000)
+    parser.add_argument("--open-browser", action="store_true", help="open the UI in the default browser")
+    parser.add_argument("--max-sessions", type=_positive_int, default=8,
+                        help="live sessions kept warm; the least recently used is saved and evicted")
+    parser.add_argument("--max-upload-mb", type=_positive_int, default=20)
+    parser.add_argument("--max-image-pixels", type=_positive_int, default=25_000_000)
+    parser.set_defaults(handler=_handle_app)

@@ -1,0 +1,114 @@
+"""The app's only door into the library: which predictor modes exist and how one is built.
+
+The app never knows how a mode refines a prediction; it asks `PredictionEngine.create(settings)` for an
+object with the library's predictor interface (`set_image`, `add_click(y, x, positive) -> probs`,
+`undo`, `reset`, optionally `get_state/set_state`) and calls it with (y, x).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from fbrs.app.errors import ModeUnavailableError
+
+DEFAULT_MODE = "f-BRS-B"
+LEARNED_MODES = ("NoBRS", "RGB-BRS", "DistMap-BRS", "f-BRS-A", "f-BRS-B", "f-BRS-C")
+
+
+@dataclass(frozen=True)
+class PredictorSettings:
+    """What a predictor is built with. prob_threshold in (0, 1): mask = probabilities > threshold."""
+
+    mode: str = DEFAULT_MODE
+    zoom_in: bool = True
+    prob_threshold: float = 0.49
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], base: PredictorSettings | None = None) -> PredictorSettings:
+        known = {key: values[key] for key in ("mode", "zoom_in", "prob_threshold") if key in values}
+        settings = replace(base or cls(), **known)
+        if not 0.0 < float(settings.prob_threshold) < 1.0:
+            raise ValueError(f"prob_threshold must lie in (0, 1), got {settings.prob_threshold}")
+        return replace(settings, zoom_in=bool(settings.zoom_in), prob_threshold=float(settings.prob_threshold))
+
+
+PredictorFactory = Callable[[PredictorSettings], Any]
+
+
+def _registered_modes() -> list[tuple[str, bool]]:
+    """(name, needs_model) of every registered predictor mode, learned modes first."""
+    try:
+        import fbrs.inference  # noqa: F401  (registers the modes)
+    except ImportError:
+        pass
+    try:
+        import fbrs.baselines  # noqa: F401
+    except ImportError:
+        pass
+    from fbrs.registry import PREDICTORS
+
+    modes = [(name, bool(PREDICTORS.meta(name).get("needs_model", True))) for name in PREDICTORS.names()]
+    modes.sort(key=lambda item: (not item[1], LEARNED_MODES.index(item[0]) if item[0] in LEARNED_MODES else 0))
+    return modes
+
+
+class PredictionEngine:
+    """Builds predictors for the app and serialises their use of the shared model.
+
+    model: an InteractiveModel or None (then only modes registered with needs_model=False work).
+    factory: optional replacement of the library's `create_predictor` (settings -> predictor), used
+    to run the app against something other than the registered modes.
+    """
+
+    def __init__(self, model: Any = None, factory: PredictorFactory | None = None,
+                 modes: list[tuple[str, bool]] | None = None, model_name: str | None = None) -> None:
+        self.model = model
+        self.model_name = model_name or (None if model is None else type(model).__name__)
+        self._factory = factory
+        self._modes = modes if modes is not None else _registered_modes()
+        # Sessions share one model; predictors may attach hooks or caches to it, so predictions of
+        # different sessions run one at a time. The CPU is the bottleneck either way.
+        self.model_lock = threading.Lock()
+
+    def modes(self) -> list[dict[str, Any]]:
+        """Every mode as {"name", "needs_model", "available"}."""
+        return [
+            {"name": name, "needs_model": needs_model, "available": self.model is not None or not needs_model}
+            for name, needs_model in self._modes
+        ]
+
+    def default_settings(self) -> PredictorSettings:
+        available = [mode["name"] for mode in self.modes() if mode["available"]]
+        if DEFAULT_MODE in available or not available:
+            return PredictorSettings()
+        return PredictorSettings(mode=available[0])
+
+    def check_mode(self, mode: str) -> None:
+        for entry in self.modes():
+            if entry["name"] == mode:
+                if not entry["available"]:
+                    raise ModeUnavailableError(f"predictor mode {mode!r} needs a model; start the app with --model")
+                return
+        names = ", ".join(entry["name"] for entry in self.modes())
+        raise ModeUnavailableError(f"unknown predictor mode {mode!r}; available: {names}")
+
+    def create(self, settings: PredictorSettings) -> Any:
+        """A fresh predictor for `settings` (no image set yet)."""
+        self.check_mode(settings.mode)
+        if self._factory is not None:
+            return self._factory(settings)
+        from fbrs.inference import create_predictor
+
+        needs_model = dict(self._modes).get(settings.mode, True)
+        return create_predictor(
+            settings.mode,
+            model=self.model if needs_model else None,
+            zoom_in=settings.zoom_in,
+            prob_threshold=settings.prob_threshold,
+        )

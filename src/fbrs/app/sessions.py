@@ -1,0 +1,406 @@
+"""Annotation sessions: one image, its finished objects, and a warm predictor for the current object.
+
+A session takes clicks in (x, y) image pixel coordinates (as the HTTP API and the UI do) and converts
+them to the library's (y, x) here, in `_predict_click`, and nowhere else. Every public method takes the
+session's lock, so requests for one session run in order; the server calls them from worker threads.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fbrs.app.engine import PredictionEngine, PredictorSettings
+from fbrs.app.errors import AnnotationConflictError, SessionNotFoundError
+from fbrs.app.export import ImageAnnotation, SavedObject, color_hex, instance_id_map, object_color
+from fbrs.errors import ConfigError, InvalidClickError
+from fbrs.images import as_rgb_uint8
+
+MAX_CLICKS_PER_OBJECT = 100
+
+
+@dataclass(frozen=True)
+class AppClick:
+    """A click as the app sees it: x = column, y = row, full-resolution image pixels."""
+
+    x: float
+    y: float
+    positive: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"x": self.x, "y": self.y, "positive": self.positive}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> AppClick:
+        try:
+            return cls(float(values["x"]), float(values["y"]), bool(values["positive"]))
+        except (KeyError, TypeError, ValueError):
+            raise InvalidClickError(f"a click needs numeric 'x', 'y' and boolean 'positive', got {values!r}") from None
+
+
+@dataclass
+class _Step:
+    """What one click left behind, so undo and redo restore it without recomputing."""
+
+    click: AppClick
+    probabilities: np.ndarray
+    predictor_state: Any
+
+
+class AnnotationSession:
+    """One image being annotated. `image`: (H, W, 3) uint8 RGB; `image_name`: folder file name or None."""
+
+    def __init__(
+        self,
+        image: np.ndarray,
+        engine: PredictionEngine,
+        settings: PredictorSettings | None = None,
+        image_name: str | None = None,
+        saved: ImageAnnotation | None = None,
+        session_id: str | None = None,
+    ) -> None:
+        self.session_id = session_id or uuid.uuid4().hex
+        self.image = as_rgb_uint8(image)
+        self.height, self.width = self.image.shape[:2]
+        self.image_name = image_name
+        self.engine = engine
+        self.settings = settings or engine.default_settings()
+        self.lock = threading.RLock()
+        self.objects: list[SavedObject] = []
+        self.done = False
+        self.last_latency_ms: float | None = None
+        self.version = 0  # bumps on every change; the UI uses it to refetch the overlay
+        self._steps: list[_Step] = []
+        self._redo: list[_Step] = []
+        self._predictor: Any = None
+        self._predictor_settings: PredictorSettings | None = None
+        if saved is not None:
+            self._restore(saved)
+
+    # ------------------------------------------------------------------------------------ properties
+
+    @property
+    def clicks(self) -> list[AppClick]:
+        return [step.click for step in self._steps]
+
+    @property
+    def probabilities(self) -> np.ndarray | None:
+        """(H, W) float32 probabilities of the current object, None before its first click."""
+        return self._steps[-1].probabilities if self._steps else None
+
+    def next_object_id(self) -> int:
+        return max((item.object_id for item in self.objects), default=0) + 1
+
+    def current_mask(self) -> np.ndarray:
+        """(H, W) bool mask of the current object (probabilities > threshold); empty before a click."""
+        if not self._steps:
+            return np.zeros((self.height, self.width), dtype=bool)
+        return self._steps[-1].probabilities > self.settings.prob_threshold
+
+    def label_map(self, include_current: bool = False) -> np.ndarray:
+        """(H, W) uint8/uint16 instance ids of the finished objects (and the current one, on top)."""
+        objects = [(item.object_id, item.mask) for item in self.objects]
+        if include_current and self._steps:
+            objects.append((self.next_object_id(), self.current_mask()))
+        return instance_id_map((self.height, self.width), objects)
+
+    def object_mask(self, object_id: int) -> np.ndarray:
+        for item in self.objects:
+            if item.object_id == object_id:
+                return item.mask
+        raise AnnotationConflictError(f"session has no object with id {object_id}")
+
+    # ---------------------------------------------------------------------------------- predictions
+
+    def _ensure_predictor(self) -> Any:
+        if self._predictor is None or self._predictor_settings != self.settings:
+            predictor = self.engine.create(self.settings)
+            predictor.set_image(self.image)
+            self._predictor, self._predictor_settings = predictor, self.settings
+        return self._predictor
+
+    def _predict_click(self, click: AppClick) -> _Step:
+        predictor = self._ensure_predictor()
+        with self.engine.model_lock:
+            # The one place where the app's (x, y) becomes the library's (y, x).
+            probabilities = predictor.add_click(click.y, click.x, click.positive)
+            state = predictor.get_state() if hasattr(predictor, "get_state") else None
+        probabilities = np.asarray(probabilities, dtype=np.float32)
+        if probabilities.shape != (self.height, self.width):
+            raise RuntimeError(
+                f"predictor returned probabilities of shape {probabilities.shape}, "
+                f"expected {(self.height, self.width)}"
+            )
+        return _Step(click, probabilities, state)
+
+    def _validate_click(self, click: AppClick) -> None:
+        if not (math.isfinite(click.x) and math.isfinite(click.y)):
+            raise InvalidClickError(f"click (x={click.x}, y={click.y}) has non-finite coordinates")
+        if not (0 <= click.x < self.width and 0 <= click.y < self.height):
+            raise InvalidClickError(
+                f"click (x={click.x:g}, y={click.y:g}) is outside the image "
+                f"(width {self.width}, height {self.height}; x in [0, {self.width}), y in [0, {self.height}))"
+            )
+        if len(self._steps) >= MAX_CLICKS_PER_OBJECT:
+            raise AnnotationConflictError(
+                f"an object takes at most {MAX_CLICKS_PER_OBJECT} clicks; finish it or reset it"
+            )
+
+    def _replay(self, clicks: list[AppClick]) -> None:
+        """Rebuild the current object from scratch with the current settings."""
+        self._steps, self._redo = [], []
+        if self._predictor is not None and self._predictor_settings == self.settings:
+            self._predictor.reset()
+        for click in clicks:
+            self._steps.append(self._predict_click(click))
+
+    def _timed(self, action: Callable[[], Any]) -> Any:
+        started = time.perf_counter()
+        result = action()
+        self.last_latency_ms = (time.perf_counter() - started) * 1000.0
+        return result
+
+    def _changed(self) -> None:
+        self.version += 1
+        self.done = False
+
+    # ------------------------------------------------------------------------------------- actions
+
+    def add_click(self, x: float, y: float, positive: bool) -> np.ndarray:
+        """Add a click at column x, row y. Returns the current object's (H, W) float32 probabilities."""
+        with self.lock:
+            click = AppClick(float(x), float(y), bool(positive))
+            self._validate_click(click)
+            step = self._timed(lambda: self._predict_click(click))
+            self._steps.append(step)
+            self._redo.clear()
+            self._changed()
+            return step.probabilities
+
+    def undo(self) -> None:
+        """Remove the current object's last click (exactly back to the state before it)."""
+        with self.lock:
+            if not self._steps:
+                raise AnnotationConflictError("nothing to undo: the current object has no clicks")
+            started = time.perf_counter()
+            self._redo.append(self._steps.pop())
+            if self._predictor is not None:
+                with self.engine.model_lock:
+                    if self._steps and self._steps[-1].predictor_state is not None:
+                        self._predictor.set_state(self._steps[-1].predictor_state)
+                    elif self._steps:
+                        self._predictor.undo()
+                    else:
+                        self._predictor.reset()
+            self.last_latency_ms = (time.perf_counter() - started) * 1000.0
+            self._changed()
+
+    def redo(self) -> None:
+        """Re-apply the last undone click."""
+        with self.lock:
+            if not self._redo:
+                raise AnnotationConflictError("nothing to redo")
+            step = self._redo.pop()
+            if step.predictor_state is not None and self._predictor is not None:
+                started = time.perf_counter()
+                with self.engine.model_lock:
+                    self._predictor.set_state(step.predictor_state)
+                self.last_latency_ms = (time.perf_counter() - started) * 1000.0
+            else:
+                step = self._timed(lambda: self._predict_click(step.click))
+            self._steps.append(step)
+            self._changed()
+
+    def reset_object(self) -> None:
+        """Drop every click of the current object (finished objects stay)."""
+        with self.lock:
+            self._steps, self._redo = [], []
+            if self._predictor is not None:
+                self._predictor.reset()
+            self._changed()
+
+    def finish_object(self) -> int:
+        """Store the current mask as a finished object and start the next one; returns its id."""
+        with self.lock:
+            if not self._steps:
+                raise AnnotationConflictError("nothing to finish: the current object has no clicks")
+            mask = self.current_mask()
+            if not mask.any():
+                raise AnnotationConflictError(
+                    f"the current object's mask is empty at threshold {self.settings.prob_threshold}; "
+                    "add a positive click or lower the threshold"
+                )
+            object_id = self.next_object_id()
+            self.objects.append(
+                SavedObject(object_id, mask, [click.to_dict() for click in self.clicks], self.settings.to_dict())
+            )
+            self.reset_object()
+            return object_id
+
+    def delete_object(self, object_id: int) -> None:
+        with self.lock:
+            self.object_mask(object_id)  # raises for an unknown id
+            self.objects = [item for item in self.objects if item.object_id != object_id]
+            self._changed()
+
+    def update_settings(self, values: dict[str, Any]) -> None:
+        """Change mode / zoom_in / prob_threshold; the current object's clicks are replayed."""
+        with self.lock:
+            try:
+                settings = PredictorSettings.from_dict(values, base=self.settings)
+            except (TypeError, ValueError) as error:
+                raise ConfigError(str(error)) from None
+            self.engine.check_mode(settings.mode)
+            # The threshold also steers BRS (its early exits), so any change replays the clicks: the
+            # object then is exactly "these clicks with these settings", as the click log records it.
+            rebuild = settings != self.settings
+            self.settings = settings
+            if rebuild and self._steps:
+                clicks = self.clicks
+                self._timed(lambda: self._replay(clicks))
+            self._changed()
+
+    def mark_done(self, done: bool = True) -> None:
+        with self.lock:
+            self.done = done
+
+    # ------------------------------------------------------------------------------- persistence
+
+    def to_annotation(self) -> ImageAnnotation:
+        with self.lock:
+            return ImageAnnotation(
+                image_name=self.image_name or f"{self.session_id}.png",
+                width=self.width,
+                height=self.height,
+                objects=list(self.objects),
+                current_clicks=[click.to_dict() for click in self.clicks],
+                current_settings=self.settings.to_dict(),
+                done=self.done,
+            )
+
+    def _restore(self, saved: ImageAnnotation) -> None:
+        if (saved.height, saved.width) != (self.height, self.width):
+            raise AnnotationConflictError(
+                f"saved annotation of {saved.image_name} is {saved.width}x{saved.height} "
+                f"but the image is {self.width}x{self.height}"
+            )
+        self.objects = list(saved.objects)
+        if saved.current_settings:
+            self.settings = PredictorSettings.from_dict(saved.current_settings, base=self.settings)
+        if saved.current_clicks:
+            clicks = [AppClick.from_dict(values) for values in saved.current_clicks]
+            self._timed(lambda: self._replay(clicks))
+        self.done = saved.done
+
+    # ------------------------------------------------------------------------------------ reports
+
+    def overlay_rgba(self) -> np.ndarray:
+        """(H, W, 4) uint8: each object's colour with alpha 255 where it is visible, current on top."""
+        with self.lock:
+            labels = self.label_map(include_current=True)
+            ids = [item.object_id for item in self.objects] + ([self.next_object_id()] if self._steps else [])
+        palette = np.zeros((int(labels.max(initial=0)) + 1, 4), dtype=np.uint8)
+        for object_id in ids:
+            palette[object_id] = (*object_color(object_id), 255)
+        return palette[labels]
+
+    def state(self) -> dict[str, Any]:
+        """JSON-ready description of the session, clicks in (x, y)."""
+        with self.lock:
+            current_mask = self.current_mask()
+            return {
+                "session_id": self.session_id,
+                "image_name": self.image_name,
+                "width": self.width,
+                "height": self.height,
+                "version": self.version,
+                "settings": self.settings.to_dict(),
+                "clicks": [click.to_dict() for click in self.clicks],
+                "can_undo": bool(self._steps),
+                "can_redo": bool(self._redo),
+                "current_object": {
+                    "id": self.next_object_id(),
+                    "color": color_hex(self.next_object_id()),
+                    "area": int(current_mask.sum()),
+                },
+                "objects": [
+                    {
+                        "id": item.object_id,
+                        "color": color_hex(item.object_id),
+                        "area": int(item.mask.sum()),
+                        "clicks": len(item.clicks),
+                    }
+                    for item in self.objects
+                ],
+                "done": self.done,
+                "latency_ms": None if self.last_latency_ms is None else round(self.last_latency_ms, 1),
+            }
+
+
+class SessionStore:
+    """At most `max_sessions` live sessions; adding one more evicts the least recently used.
+
+    `on_evict(session)` runs for every evicted session (the folder app saves it there).
+    """
+
+    def __init__(self, max_sessions: int = 8,
+                 on_evict: Callable[[AnnotationSession], None] | None = None) -> None:
+        if max_sessions < 1:
+            raise ValueError(f"max_sessions must be at least 1, got {max_sessions}")
+        self.max_sessions = max_sessions
+        self._on_evict = on_evict
+        self._sessions: OrderedDict[str, AnnotationSession] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, session: AnnotationSession) -> AnnotationSession:
+        evicted = []
+        with self._lock:
+            self._sessions[session.session_id] = session
+            self._sessions.move_to_end(session.session_id)
+            while len(self._sessions) > self.max_sessions:
+                evicted.append(self._sessions.popitem(last=False)[1])
+        for old in evicted:
+            if self._on_evict is not None:
+                self._on_evict(old)
+        return session
+
+    def get(self, session_id: str) -> AnnotationSession:
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is None:
+                raise SessionNotFoundError(
+                    f"no session {session_id!r} (never created, deleted, or evicted after "
+                    f"{self.max_sessions} newer sessions); create a new one"
+                )
+            self._sessions.move_to_end(session_id)
+            return session
+
+    def find_image(self, image_name: str) -> AnnotationSession | None:
+        with self._lock:
+            for session in self._sessions.values():
+                if session.image_name == image_name:
+                    self._sessions.move_to_end(session.session_id)
+                    return session
+        return None
+
+    def remove(self, session_id: str) -> AnnotationSession:
+        with self._lock:
+            session = self._sessions.pop(session_id, None)
+        if session is None:
+            raise SessionNotFoundError(f"no session {session_id!r}")
+        return session
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def sessions(self) -> list[AnnotationSession]:
+        with self._lock:
+            return list(self._sessions.values())
