@@ -46,14 +46,15 @@ def build_app(
 
     if images_dir is None:
         images_dir = SAMPLES_DIR
-        out_dir = SAMPLES_OUT_DIR if out_dir is None else out_dir
+    if out_dir is None and Path(images_dir).resolve() == SAMPLES_DIR:
+        out_dir = SAMPLES_OUT_DIR  # the package folder may be read-only, and is no place for user data
+    project = AnnotationProject(images_dir, out_dir, limits=limits or AppLimits())  # checks the folder first
     model_name = "given model" if model is not None else None
     if model is None:
         model, model_name = load_app_model(model_path)
     engine = PredictionEngine(model, model_name=model_name)
     if not any(mode["available"] for mode in engine.modes()):
         raise CheckpointError("no predictor mode can run without a model; pass --model PATH")
-    project = AnnotationProject(images_dir, out_dir, limits=limits or AppLimits())
     return create_app(engine, project)
 
 
