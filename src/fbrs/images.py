@@ -44,7 +44,8 @@ def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
         image = np.round(image * 255.0).astype(np.uint8)
     else:
         raise InvalidImageError(f"unsupported image dtype {image.dtype}; use uint8, uint16 or float")
-    return np.ascontiguousarray(image)
+    image = np.ascontiguousarray(image)
+    return image if image.flags.writeable else image.copy()
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:

@@ -1,0 +1,161 @@
+"""Sub-commands `fbrs predict`, `fbrs convert`, `fbrs models` and `fbrs demo`."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fbrs.errors import InvalidClickError
+
+SAMPLES_DIR = Path(__file__).resolve().parents[1] / "data" / "samples"
+
+
+def parse_click(text: str) -> tuple[float, float, bool]:
+    """'Y,X,+' / 'Y,X,-' (also pos/neg, 1/0) -> (y, x, positive); (y, x) = (row, column)."""
+    parts = [part.strip() for part in text.split(",")]
+    if len(parts) != 3:
+        raise InvalidClickError(f"click {text!r} must look like Y,X,+ or Y,X,- (row, column, sign)")
+    try:
+        y, x = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise InvalidClickError(f"click {text!r}: Y and X must be numbers") from None
+    signs = {"+": True, "pos": True, "1": True, "p": True, "-": False, "neg": False, "0": False, "n": False}
+    if parts[2].lower() not in signs:
+        raise InvalidClickError(f"click {text!r}: the sign must be + or -")
+    return y, x, signs[parts[2].lower()]
+
+
+def _load_model_arg(path: str | None):
+    from fbrs.models import load_default_model, load_model
+
+    return load_default_model() if path is None else load_model(path)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    import torch
+
+    from fbrs.images import read_image
+    from fbrs.inference.predictor import Predictor
+    from fbrs.io_utils import atomic_path, save_png_atomic
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    clicks = [parse_click(text) for text in args.click]
+    if not clicks:
+        raise InvalidClickError("give at least one --click Y,X,+")
+    image = read_image(args.image)
+    predictor = Predictor(
+        _load_model_arg(args.model),
+        mode=args.mode,
+        zoom_in=args.zoom_in,
+        with_flip=args.flip,
+        prob_threshold=args.threshold,
+    )
+    predictor.set_image(image)
+    started = time.perf_counter()
+    for y, x, positive in clicks:
+        click_start = time.perf_counter()
+        probs = predictor.add_click(y, x, positive)
+        if args.verbose:
+            print(f"click ({y:g}, {x:g}, {'+' if positive else '-'}): {time.perf_counter() - click_start:.3f} s")
+    mask = probs > args.threshold
+    save_png_atomic(args.output, (mask * 255).astype(np.uint8))
+    if args.probs:
+        with atomic_path(args.probs) as temporary:
+            with open(temporary, "wb") as handle:
+                np.save(handle, probs)
+    print(
+        f"{args.output}: {int(mask.sum())} of {mask.size} pixels in the mask "
+        f"({len(clicks)} clicks, {args.mode}, {time.perf_counter() - started:.2f} s)"
+    )
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    import torch
+
+    from fbrs.models import load_model, save_model
+
+    model = load_model(args.source)
+    dtype = torch.float16 if args.float16 else torch.float32
+    save_model(model, args.destination, metadata={"converted_from": Path(args.source).name}, dtype=dtype)
+    precision = "float16" if args.float16 else "float32"
+    print(f"{args.destination}: {model.config.name} ({model.config.backbone}), {precision}")
+    return 0
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from fbrs.inference import available_modes
+    from fbrs.models import DEFAULT_MODEL_PATH, list_models
+    from fbrs.registry import PREDICTORS
+
+    print("models:", ", ".join(list_models()))
+    print("modes: ", ", ".join(available_modes()))
+    for name in available_modes():
+        description = PREDICTORS.meta(name).get("description", "")
+        print(f"  {name:<16} {description}")
+    state = "present" if DEFAULT_MODEL_PATH.is_file() else "missing"
+    print(f"default model: {DEFAULT_MODEL_PATH} ({state})")
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Start the annotation app on the bundled sample images and the bundled default model."""
+    import importlib.util
+
+    if importlib.util.find_spec("fbrs.app.cli") is not None:
+        from fbrs.app.cli import run_app
+
+        return int(run_app(SAMPLES_DIR, model_path=args.model, out_dir=args.out, host=args.host, port=args.port) or 0)
+    sample = sorted(SAMPLES_DIR.glob("*.jpg"))[0]
+    namespace = argparse.Namespace(
+        image=str(sample), click=["200,250,+"], model=args.model, mode="f-BRS-B", zoom_in=True, flip=True,
+        threshold=0.49, output=str(Path(args.out or ".") / "demo_mask.png"), probs=None, verbose=True, threads=0,
+    )
+    return run_predict(namespace)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from fbrs.inference.modes import MODES
+
+    predict = subparsers.add_parser(
+        "predict",
+        help="segment one object of an image from clicks, write the mask",
+        description="Clicks are Y,X,SIGN with (Y, X) = (row, column) in pixels and SIGN + or -. "
+        "Example: fbrs predict cat.jpg --click 120,80,+ --click 40,30,- -o mask.png",
+    )
+    predict.add_argument("image", help="input image (any format Pillow reads)")
+    predict.add_argument(
+        "--click", action="append", default=[], metavar="Y,X,SIGN", help="a click (repeatable, in order)"
+    )
+    predict.add_argument("--model", help="model file (.safetensors or original f-BRS .pth); default: bundled model")
+    predict.add_argument("--mode", default="f-BRS-B", choices=list(MODES), help="refinement mode (default f-BRS-B)")
+    predict.add_argument("--zoom-in", dest="zoom_in", action=argparse.BooleanOptionalAction, default=True)
+    predict.add_argument(
+        "--flip", action=argparse.BooleanOptionalAction, default=True, help="flip test-time augmentation"
+    )
+    predict.add_argument("--threshold", type=float, default=0.49, help="probability threshold of the mask (0.49)")
+    predict.add_argument("-o", "--output", required=True, help="output mask PNG (0 / 255)")
+    predict.add_argument("--probs", help="also save the probability map as .npy")
+    predict.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    predict.add_argument("-v", "--verbose", action="store_true", help="print the time of every click")
+    predict.set_defaults(handler=run_predict)
+
+    convert = subparsers.add_parser("convert", help="convert an original f-BRS .pth checkpoint to our safetensors")
+    convert.add_argument("source")
+    convert.add_argument("destination")
+    convert.add_argument("--float16", action="store_true", help="store weights as float16 (half the size)")
+    convert.set_defaults(handler=run_convert)
+
+    models = subparsers.add_parser("models", help="list model architectures and predictor modes")
+    models.set_defaults(handler=run_models)
+
+    demo = subparsers.add_parser("demo", help="start the annotation app on the bundled samples (make demo)")
+    demo.add_argument("--model", help="model file; default: the bundled model")
+    demo.add_argument("--out", help="where annotations are saved")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8000)
+    demo.set_defaults(handler=run_demo)
