@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import fbrs
-from fbrs.errors import CheckpointError, InvalidClickError, InvalidImageError
+from fbrs.errors import InvalidClickError, InvalidImageError
 
 MODES = ["NoBRS", "RGB-BRS", "DistMap-BRS", "f-BRS-A", "f-BRS-B", "f-BRS-C"]
 
