@@ -165,9 +165,13 @@ def test_two_objects_are_saved_as_png_coco_and_click_log_and_resume(engine, fold
         np.testing.assert_array_equal(
             png_array(client.get(f"/api/sessions/{session}/mask", params={"object": "all"})), labels
         )
-        # Deleting object 1 rewrites the PNG and the COCO files.
+        assert state["done"]
+        client.post(f"/api/sessions/{session}/undo")  # edits of the unfinished object keep "done"
+        assert client.get(f"/api/sessions/{session}").json()["done"]
+        # Deleting object 1 changes the saved files: the image is no longer done until saved again.
         state = client.delete(f"/api/sessions/{session}/objects/1").json()
-        assert [item["id"] for item in state["objects"]] == [2]
+        assert [item["id"] for item in state["objects"]] == [2] and not state["done"]
+        assert not {image["name"]: image for image in client.get("/api/images").json()}["coffee.jpg"]["done"]
     labels = read_instance_png(out_dir / "masks" / "coffee.png")
     assert set(np.unique(labels)) == {0, 2}
     coco = json.loads((out_dir / "coco_instances.json").read_text())

@@ -170,7 +170,6 @@ class AnnotationSession:
 
     def _changed(self) -> None:
         self.version += 1
-        self.done = False
 
     # ------------------------------------------------------------------------------------- actions
 
@@ -239,6 +238,7 @@ class AnnotationSession:
                     "add a positive click or lower the threshold"
                 )
             object_id = self.next_object_id()
+            self.done = False  # the saved files lack this object until the next save
             self.objects.append(
                 SavedObject(object_id, mask, [click.to_dict() for click in self.clicks], self.settings.to_dict())
             )
@@ -249,6 +249,7 @@ class AnnotationSession:
         with self.lock:
             self.object_mask(object_id)  # raises for an unknown id
             self.objects = [item for item in self.objects if item.object_id != object_id]
+            self.done = False
             self._changed()
 
     def update_settings(self, values: dict[str, Any]) -> None:

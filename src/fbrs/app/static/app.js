@@ -105,6 +105,16 @@ function render() {
   ui.pendingClicks.forEach((click) => drawClick(click, true));
 }
 
+// The canvas keeps the display image's pixels; CSS scales it to fill the stage, keeping its aspect.
+function fitCanvas() {
+  const canvas = $("canvas");
+  const wrap = $("canvas-wrap");
+  if (!canvas.width || !canvas.height) return;
+  const scale = Math.min(wrap.clientWidth / canvas.width, wrap.clientHeight / canvas.height);
+  canvas.style.width = `${Math.floor(canvas.width * scale)}px`;
+  canvas.style.height = `${Math.floor(canvas.height * scale)}px`;
+}
+
 function renderImageList() {
   const list = $("image-list");
   list.replaceChildren();
@@ -213,6 +223,7 @@ async function openImage(index) {
     ui.picture = await loadImage(`/api/sessions/${state.session_id}/image?max_side=${maxSide}`);
     canvas.width = ui.picture.naturalWidth;
     canvas.height = ui.picture.naturalHeight;
+    fitCanvas();
     ui.overlay = null;
     ui.overlayVersion = -1;
     await applyState(Promise.resolve(state));
@@ -292,6 +303,7 @@ function bindControls() {
   $("opacity").addEventListener("input", render);
   $("radius").addEventListener("input", render);
   document.addEventListener("keydown", onKey);
+  window.addEventListener("resize", fitCanvas);
 }
 
 function onKey(event) {
