@@ -1,0 +1,163 @@
+"""The Trainer and `fbrs train` / `fbrs pack-data` end to end with the tiny model on a few real images."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from fbrs.cli import main
+from fbrs.models import load_model
+from fbrs.models.checkpoint import read_metadata
+from fbrs.training.config import load_config
+from fbrs.training.trainer import Trainer, learning_rate_factor
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CONFIG = REPO / "configs" / "tiny_test.toml"
+CCP_IMAGES = ("0001", "0003", "0005", "0007", "0009", "0011", "0013", "0015")
+
+
+@pytest.fixture(scope="module")
+def person_folder(data_dir: Path, tmp_path_factory) -> Path:
+    source = data_dir / "train" / "ccp_person"
+    target = tmp_path_factory.mktemp("shared_copy") / "ccp_person"
+    for folder in ("images", "masks"):
+        (target / folder).mkdir(parents=True)
+    for stem in CCP_IMAGES:
+        shutil.copy(source / "images" / f"{stem}.jpg", target / "images")
+        shutil.copy(source / "masks" / f"{stem}.png", target / "masks")
+    return target
+
+
+def _config(folder: Path, output: Path, *overrides: str):
+    return load_config(
+        TINY_CONFIG,
+        [f'data.sources=[{{path="{folder}"}}]', f'run.output_dir="{output}"', *overrides],
+    )
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_cli_train_runs_end_to_end_and_writes_a_loadable_model(person_folder, tmp_path, capsys):
+    output = tmp_path / "run"
+    code = main(
+        [
+            "train",
+            str(TINY_CONFIG),
+            "--set",
+            f'data.sources=[{{path="{person_folder}"}}]',
+            "--output-dir",
+            str(output),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    train_rows = _read_csv(output / "train_log.csv")
+    assert [int(row["step"]) for row in train_rows] == [1, 2, 3, 4]  # 2 epochs x 8 samples / batch 4
+    assert [float(row["lr"]) for row in train_rows] == pytest.approx([5e-4, 5e-4, 5e-5, 5e-5])  # drop at epoch 1
+    validation_rows = _read_csv(output / "validation_log.csv")
+    assert [int(row["step"]) for row in validation_rows] == [0, 2, 4]
+    assert all(0.0 <= float(row["iou@1"]) <= 1.0 for row in validation_rows)
+    model = load_model(output / "best.safetensors")
+    assert model.config.name == "tiny_test"
+    metadata = read_metadata(output / "best.safetensors")
+    assert metadata["training_config"]["name"] == "tiny_test" and "iou@1" in metadata["validation"]
+    logits = model(torch.zeros(1, 3, 32, 48), torch.tensor([[[10.0, 10.0], [-1.0, -1.0]]]))
+    assert logits.shape == (1, 1, 32, 48)
+    assert "best model:" in capsys.readouterr().out
+
+
+def test_resume_after_a_crash_mid_epoch_gives_the_same_weights(person_folder, tmp_path, monkeypatch):
+    overrides = ("data.samples_per_epoch=16", "run.checkpoint_every_minutes=0.0")
+    straight = Trainer(_config(person_folder, tmp_path / "straight", *overrides), progress=False)
+    straight.fit()
+
+    calls = {"count": 0}
+    original_step = Trainer._train_step
+
+    def crash_on_third_step(self, batch):
+        calls["count"] += 1
+        if calls["count"] == 3:
+            raise KeyboardInterrupt("simulated crash")
+        return original_step(self, batch)
+
+    monkeypatch.setattr(Trainer, "_train_step", crash_on_third_step)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(_config(person_folder, tmp_path / "resumed", *overrides), progress=False).fit()
+    monkeypatch.setattr(Trainer, "_train_step", original_step)
+    resumed = Trainer(_config(person_folder, tmp_path / "resumed", *overrides), resume=True, progress=False)
+    assert (resumed.epoch, resumed.position, resumed.step) == (0, 8, 2)
+    resumed.fit()
+
+    assert resumed.step == straight.step == 8
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+def test_training_steps_fit_a_fixed_batch(person_folder, tmp_path):
+    trainer = Trainer(_config(person_folder, tmp_path / "overfit", "optimizer.lr=5e-3"), progress=False)
+    trainer._set_learning_rate()
+    batch = torch.utils.data.default_collate([trainer.dataset[i] for i in range(4)])
+    losses = [trainer._train_step(batch) for _ in range(40)]
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_backbone_learns_at_a_tenth_of_the_rate(person_folder, tmp_path):
+    trainer = Trainer(_config(person_folder, tmp_path / "groups"), progress=False)
+    trainer._set_learning_rate()
+    backbone_group, head_group = trainer.optimizer.param_groups
+    assert backbone_group["lr"] == pytest.approx(0.1 * head_group["lr"])
+    backbone_ids = {id(p) for p in trainer.model.feature_extractor.backbone.parameters()}
+    assert {id(p) for p in backbone_group["params"]} == backbone_ids
+    assert not backbone_ids & {id(p) for p in head_group["params"]}
+
+
+def test_schedules():
+    paper = load_config(REPO / "configs" / "paper_r34.toml")
+    assert learning_rate_factor(paper, 99.9 / 120, 10**6) == 1.0
+    assert learning_rate_factor(paper, 100.0 / 120, 10**6) == pytest.approx(0.1)
+    default = load_config(REPO / "configs" / "default_mnv2.toml")
+    factors = [learning_rate_factor(default, p, 10**6) for p in (0.0, 0.5, 1.0)]
+    assert factors[0] == 1.0 and factors[1] == pytest.approx((1 + default.schedule.min_factor) / 2)
+    assert factors[2] == pytest.approx(default.schedule.min_factor)
+    assert learning_rate_factor(default, 0.0, 0) == pytest.approx(1 / default.schedule.warmup_steps)
+
+
+def test_cli_reports_user_errors(person_folder, tmp_path, capsys):
+    assert main(["train", str(tmp_path / "missing.toml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+    code = main(
+        ["train", str(TINY_CONFIG), "--set", f'data.sources=[{{path="{person_folder}"}}]']
+        + ["--output-dir", str(tmp_path / "nothing"), "--resume"]
+    )
+    assert code == 2
+    assert "cannot resume" in capsys.readouterr().err
+
+
+def test_cli_pack_data_writes_a_pack_that_trains(person_folder, tmp_path, capsys):
+    pack = tmp_path / "train.zip"
+    assert main(["pack-data", str(person_folder), "-o", str(pack), "--max-side", "96", "--no-progress"]) == 0
+    assert f"{len(CCP_IMAGES)} images" in capsys.readouterr().out
+    config = load_config(
+        TINY_CONFIG,
+        [f'data.sources=[{{path="{pack}", kind="pack"}}]', f'run.output_dir="{tmp_path / "run"}"', "schedule.epochs=1"],
+    )
+    trainer = Trainer(config, progress=False)
+    trainer.fit()
+    assert trainer.step == 2 and (tmp_path / "run" / "last.pt").is_file()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_training_with_mixed_precision(person_folder, tmp_path):
+    trainer = Trainer(_config(person_folder, tmp_path / "cuda", "run.device=cuda"), progress=False)
+    assert trainer.amp_dtype in (torch.bfloat16, torch.float16)
+    trainer.fit()
+    assert trainer.step == 4 and next(trainer.model.parameters()).is_cuda
