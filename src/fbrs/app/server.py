@@ -82,8 +82,11 @@ def decode_image_upload(data: bytes, limits: AppLimits, what: str = "uploaded im
             if image.mode not in ("RGB", "L", "RGBA"):
                 image = image.convert("RGB")
             array = np.asarray(image)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise InvalidImageError(f"{what} is not a readable image (PNG, JPEG, BMP, TIFF, WebP): {error}") from None
+    except UnidentifiedImageError:
+        raise InvalidImageError(f"{what} is not a readable image: unknown format (use PNG, JPEG, BMP, TIFF "
+                                "or WebP)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise InvalidImageError(f"{what} is not a readable image: {error}") from None
     return as_rgb_uint8(array)
 
 
@@ -96,7 +99,9 @@ def decode_mask_upload(data: bytes, width: int, height: int, limits: AppLimits) 
     try:
         with Image.open(io.BytesIO(data)) as image:
             array = np.asarray(image)
-    except (UnidentifiedImageError, OSError, ValueError) as error:
+    except UnidentifiedImageError:
+        raise InvalidImageError("previous mask is not a readable image: unknown format (use PNG)") from None
+    except (OSError, ValueError) as error:
         raise InvalidImageError(f"previous mask is not a readable image: {error}") from None
     if array.ndim == 3:
         array = array[:, :, :3].max(axis=2)

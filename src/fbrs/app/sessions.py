@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from fbrs.app.engine import PredictionEngine, PredictorSettings
-from fbrs.app.errors import AnnotationConflictError, SessionNotFoundError
+from fbrs.app.errors import AnnotationConflictError, ModeUnavailableError, SessionNotFoundError
 from fbrs.app.export import ImageAnnotation, SavedObject, color_hex, instance_id_map, object_color
 from fbrs.errors import ConfigError, InvalidClickError
 from fbrs.images import as_rgb_uint8
@@ -295,7 +295,12 @@ class AnnotationSession:
             )
         self.objects = list(saved.objects)
         if saved.current_settings:
-            self.settings = PredictorSettings.from_dict(saved.current_settings, base=self.settings)
+            settings = PredictorSettings.from_dict(saved.current_settings, base=self.settings)
+            try:
+                self.engine.check_mode(settings.mode)
+                self.settings = settings
+            except ModeUnavailableError:
+                pass  # saved with a mode this app cannot run (e.g. no model now): resume with the default
         if saved.current_clicks:
             clicks = [AppClick.from_dict(values) for values in saved.current_clicks]
             self._timed(lambda: self._replay(clicks))
