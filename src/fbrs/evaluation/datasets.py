@@ -256,9 +256,7 @@ def _pair_by_stem(images_dir: Path, masks_dir: Path, ignore_dir: Path | None = N
         if image_path is None and stem[-1:] in ("a", "b"):
             image_path = images.get(stem[:-1])
         if image_path is None:
-            raise DatasetError(
-                f"mask {mask_path} has no image: expected {images_dir}/{stem}.<jpg|png|bmp|...>"
-            )
+            raise DatasetError(f"mask {mask_path} has no image: expected {images_dir}/{stem}.<jpg|png|bmp|...>")
         refs.append(_SampleRef(stem, image_path, mask_path, ignore_path=ignores.get(stem)))
     return refs
 
@@ -291,9 +289,7 @@ def _expand_instances(refs: list[_SampleRef]) -> list[_SampleRef]:
         assert ref.mask_path is not None
         for object_id in instance_ids(read_mask_file(ref.mask_path).single_channel()):
             expanded.append(
-                _SampleRef(
-                    f"{ref.name}#{object_id}", ref.image_path, ref.mask_path, object_id, ref.ignore_path
-                )
+                _SampleRef(f"{ref.name}#{object_id}", ref.image_path, ref.mask_path, object_id, ref.ignore_path)
             )
     return expanded
 
@@ -317,9 +313,7 @@ class SBDDataset(Dataset):
         for image_id in _read_split_list(root / f"{split}.txt"):
             mat_path = inst_dir / f"{image_id}.mat"
             for object_id in instance_ids(read_sbd_instances(mat_path)):
-                refs.append(
-                    _SampleRef(f"{image_id}#{object_id}", images_dir / f"{image_id}.jpg", mat_path, object_id)
-                )
+                refs.append(_SampleRef(f"{image_id}#{object_id}", images_dir / f"{image_id}.jpg", mat_path, object_id))
         super().__init__(name, root, refs, "instances")
 
     def _read_target(self, ref: _SampleRef, image_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -359,9 +353,7 @@ class CocoJsonDataset(Dataset):
         except (OSError, ValueError) as error:
             raise DatasetError(f"cannot read COCO json {json_path}: {error}") from None
         if not isinstance(content, dict) or "images" not in content or "annotations" not in content:
-            raise DatasetError(
-                f"{json_path} is not a COCO instances file: expected 'images' and 'annotations'"
-            )
+            raise DatasetError(f"{json_path} is not a COCO instances file: expected 'images' and 'annotations'")
         if images_dir is None:
             candidates = [json_path.parent / "images", json_path.parent.parent / "images", json_path.parent]
             images_dir = next((c for c in candidates if c.is_dir()), json_path.parent)
@@ -377,9 +369,7 @@ class CocoJsonDataset(Dataset):
                 continue
             image = images.get(annotation["image_id"])
             if image is None:
-                raise DatasetError(
-                    f"{json_path}: annotation {annotation.get('id')} refers to a missing image"
-                )
+                raise DatasetError(f"{json_path}: annotation {annotation.get('id')} refers to a missing image")
             extra = (
                 image["height"],
                 image["width"],
@@ -476,9 +466,7 @@ def default_data_roots() -> list[Path]:
 
 def _standard_key(name: str) -> str | None:
     key = name.lower().replace("-", "_").replace(" ", "_")
-    key = {"davis345": "davis", "davis_345": "davis", "voc": "pascalvoc", "pascal_voc": "pascalvoc"}.get(
-        key, key
-    )
+    key = {"davis345": "davis", "davis_345": "davis", "voc": "pascalvoc", "pascal_voc": "pascalvoc"}.get(key, key)
     return key if key in STANDARD_DATASETS else None
 
 
@@ -499,9 +487,7 @@ def load_dataset(
     Raises DatasetError naming the path and the expected layout when it is missing or malformed.
     """
     if mask_encoding is not None and mask_encoding not in MASK_ENCODINGS:
-        raise DatasetError(
-            f"unknown mask encoding {mask_encoding!r}; expected one of {', '.join(MASK_ENCODINGS)}"
-        )
+        raise DatasetError(f"unknown mask encoding {mask_encoding!r}; expected one of {', '.join(MASK_ENCODINGS)}")
     text = os.fspath(name_or_path)
     key = _standard_key(text) if os.path.sep not in text else None
     if key is not None and not Path(text).exists():
@@ -525,9 +511,7 @@ def load_dataset(
     return _load_path(path, None, split, mask_encoding, images_dir)
 
 
-def _load_path(
-    path: Path, name: str | None, split: str, mask_encoding: str | None, images_dir: Any
-) -> Dataset:
+def _load_path(path: Path, name: str | None, split: str, mask_encoding: str | None, images_dir: Any) -> Dataset:
     if path.is_file():
         if path.suffix.lower() != ".json":
             raise DatasetError(f"{path}: expected a dataset folder or a COCO instances .json file")
@@ -544,10 +528,7 @@ def _load_path(
     if (path / "SegmentationObject").is_dir():
         images = _require_dir(path / "JPEGImages", "PASCAL VOC")
         stems = _read_split_list(path / "ImageSets" / "Segmentation" / f"{split}.txt")
-        refs = [
-            _SampleRef(stem, images / f"{stem}.jpg", path / "SegmentationObject" / f"{stem}.png")
-            for stem in stems
-        ]
+        refs = [_SampleRef(stem, images / f"{stem}.jpg", path / "SegmentationObject" / f"{stem}.png") for stem in stems]
         return Dataset(name, path, _expand_instances(refs), mask_encoding or "instances")
     if (path / "pairs.tsv").is_file():
         refs = _read_pairs_tsv(path)

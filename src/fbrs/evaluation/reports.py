@@ -1,0 +1,351 @@
+"""Summaries of evaluation runs: per (dataset, mode) metrics, the paper's Table 3 / Table 4 layouts in
+Markdown, JSON and CSV, and `fbrs report` (several runs side by side)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fbrs.errors import FbrsError
+from fbrs.evaluation.metrics import compute_noc, mean_iou_per_click, noc_thresholds, number_of_clicks, threshold_label
+from fbrs.evaluation.runner import CONFIG_FILE, load_run_records, read_run_config
+from fbrs.io_utils import write_text_atomic
+
+STANDARD_MAX_CLICKS = 20  # NoC@85/90 and ">=20" of the paper
+LONG_MAX_CLICKS = 100  # NoC100@90 and ">=100"
+
+
+def summarize_records(
+    records: list[dict[str, Any]], max_clicks: int, target_iou: float, expected_samples: int | None = None
+) -> dict[str, Any]:
+    """Metrics of one (dataset, mode) from its result records (see runner.SampleResult.to_record).
+
+    NoC@80/85/90 and the ">=20" counts use min(20, max_clicks) clicks (a longer run's curves are cut at 20,
+    which gives exactly what a 20-click run gives); with max_clicks >= 100 NoC100@90 and ">=100@90" too.
+    SPC = mean predictor time per click; time_seconds = total processing time of all samples.
+    """
+    curves = [record["ious"] for record in records]
+    standard_clicks = min(STANDARD_MAX_CLICKS, max_clicks)
+    thresholds = noc_thresholds(target_iou)
+    nocs, over_max = compute_noc(curves, thresholds, standard_clicks)
+    total_clicks = sum(len(curve) for curve in curves)
+    click_seconds = sum(sum(record["click_seconds"]) for record in records)
+    summary: dict[str, Any] = {
+        "samples": len(records),
+        "expected_samples": expected_samples,
+        "noc_max_clicks": standard_clicks,
+        "noc": {threshold_label(t): value for t, value in zip(thresholds, nocs, strict=True)},
+        "over_max": {threshold_label(t): value for t, value in zip(thresholds, over_max, strict=True)},
+        "miou_per_click": mean_iou_per_click(curves, max_clicks),
+        "total_clicks": total_clicks,
+        "spc": click_seconds / total_clicks if total_clicks else None,
+        "time_seconds": sum(record["seconds"] for record in records),
+    }
+    if max_clicks >= LONG_MAX_CLICKS:
+        long_nocs, long_over = compute_noc(curves, [thresholds[-1]], LONG_MAX_CLICKS)
+        summary["noc100_90"] = long_nocs[0]
+        summary["over_100_90"] = long_over[0]
+    oracle = [record["oracle_iou"] for record in records if record.get("oracle_iou") is not None]
+    if oracle:
+        summary["oracle_miou"] = float(np.mean(oracle))
+        summary["oracle_samples"] = len(oracle)
+    return summary
+
+
+def summarize_run(run_dir: str | os.PathLike, expected: dict[str, int] | None = None) -> dict[str, Any]:
+    """The summary of a run folder (what summary.json holds)."""
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir)
+    identity = config["identity"]
+    settings = config.get("settings", {})
+    records = load_run_records(run_dir)
+    mode_order = settings.get("modes") or []
+    named_first = [d for d in config.get("dataset_names", []) if d in records]
+    dataset_order = named_first + [d for d in records if d not in named_first]
+    results = []
+    for dataset in dataset_order:
+        modes = sorted(records[dataset], key=lambda m: (mode_order.index(m) if m in mode_order else len(mode_order), m))
+        for mode in modes:
+            entry = summarize_records(
+                records[dataset][mode],
+                identity["max_clicks"],
+                identity["target_iou"],
+                (expected or {}).get(dataset),
+            )
+            results.append({"dataset": dataset, "mode": mode, **entry})
+    return {
+        "run": run_dir.name,
+        "model": identity["model"],
+        "max_clicks": identity["max_clicks"],
+        "target_iou": identity["target_iou"],
+        "zoom_in": identity["zoom_in"],
+        "stop_at_target": identity["stop_at_target"],
+        "datasets": dataset_order,
+        "results": results,
+        "generated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Rendering
+
+
+def _number(value: Any, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "-"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    return f"{value:.{digits}f}"
+
+
+def _model_label(model: dict[str, Any]) -> str:
+    kind = model.get("kind")
+    if kind == "checkpoint":
+        return f"{Path(model['path']).name} (sha256 {model.get('sha256', '')[:12]})"
+    if kind == "random-weights":
+        return f"{model['name']} with random weights (seed {model.get('seed')})"
+    return str(kind)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _by_key(summary: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(entry["dataset"], entry["mode"]): entry for entry in summary["results"]}
+
+
+def _modes(summary: dict[str, Any]) -> list[str]:
+    modes: list[str] = []
+    for entry in summary["results"]:
+        if entry["mode"] not in modes:
+            modes.append(entry["mode"])
+    return modes
+
+
+def table3_markdown(summary: dict[str, Any], row_label: str = "") -> tuple[list[str], list[list[str]]]:
+    """Paper Table 3 layout: one row per mode, NoC@85 and NoC@90 for every dataset."""
+    entries = _by_key(summary)
+    header = ["Method"] + [f"{d} NoC@{t}" for d in summary["datasets"] for t in ("85", "90")]
+    rows = []
+    for mode in _modes(summary):
+        row = [f"{row_label}{mode}"]
+        for dataset in summary["datasets"]:
+            entry = entries.get((dataset, mode))
+            row += [_number(entry["noc"].get(t)) if entry else "-" for t in ("85", "90")]
+        rows.append(row)
+    return header, rows
+
+
+def render_summary_markdown(summary: dict[str, Any]) -> str:
+    entries = _by_key(summary)
+    datasets, modes = summary["datasets"], _modes(summary)
+    n20 = min(STANDARD_MAX_CLICKS, summary["max_clicks"])
+    parts = [
+        f"# Evaluation `{summary['run']}`",
+        "",
+        f"Model: {_model_label(summary['model'])}. Max clicks {summary['max_clicks']}, target IoU "
+        f"{summary['target_iou']:.2f}, zoom-in {'on' if summary['zoom_in'] else 'off'}"
+        f"{'' if summary['stop_at_target'] else ', no early stop'}. Generated {summary['generated']}.",
+        "",
+        "Samples evaluated: "
+        + ", ".join(
+            f"{d}/{m} {e['samples']}" + (f" of {e['expected_samples']}" if e.get("expected_samples") else "")
+            for (d, m), e in entries.items()
+        )
+        + ".",
+        "",
+        "## Number of clicks (paper Table 3 layout)",
+        "",
+        _table(*table3_markdown(summary)),
+        "",
+        "## Clicks and speed (paper Table 4 layout; SPC = predictor seconds per click, Time = total seconds)",
+        "",
+    ]
+    header = ["Method"]
+    for dataset in datasets:
+        header += [f"{dataset} NoC@90", f"{dataset} #>={n20}", f"{dataset} SPC, s", f"{dataset} Time, s"]
+    rows = []
+    for mode in modes:
+        row = [mode]
+        for dataset in datasets:
+            entry = entries.get((dataset, mode))
+            if entry is None:
+                row += ["-"] * 4
+                continue
+            row += [
+                _number(entry["noc"].get("90")),
+                _number(entry["over_max"].get("90")),
+                _number(entry["spc"], 3),
+                _number(entry["time_seconds"], 1),
+            ]
+        rows.append(row)
+    parts += [_table(header, rows), ""]
+
+    if any("noc100_90" in e for e in entries.values()):
+        header = ["Method"] + [f"{d} {c}" for d in datasets for c in ("NoC100@90", "#>=100")]
+        rows = [
+            [mode]
+            + [
+                _number(entries[(d, mode)].get(key)) if (d, mode) in entries else "-"
+                for d in datasets
+                for key in ("noc100_90", "over_100_90")
+            ]
+            for mode in modes
+        ]
+        parts += ["## 100 clicks", "", _table(header, rows), ""]
+
+    if any("oracle_miou" in e for e in entries.values()):
+        header = ["Method"] + [f"{d} oracle mIoU" for d in datasets]
+        rows = [
+            [mode] + [_number(entries.get((d, mode), {}).get("oracle_miou"), 3) for d in datasets]
+            for mode in modes
+            if any("oracle_miou" in entries.get((d, mode), {}) for d in datasets)
+        ]
+        parts += [
+            "## f-BRS oracle (paper Appendix B: GT as loss target after the clicks)",
+            "",
+            _table(header, rows),
+            "",
+        ]
+
+    clicks_shown = [k for k in (1, 3, 5, 10, 20, 50, 100) if k <= summary["max_clicks"]]
+    header = ["Dataset", "Method"] + [f"mIoU@{k}" for k in clicks_shown]
+    rows = [[d, m] + [_number(e["miou_per_click"][k - 1], 3) for k in clicks_shown] for (d, m), e in entries.items()]
+    parts += ["## Mean IoU after k clicks", "", _table(header, rows), ""]
+    return "\n".join(parts)
+
+
+CSV_FIELDS = [
+    "dataset",
+    "mode",
+    "samples",
+    "noc_max_clicks",
+    "noc@80",
+    "noc@85",
+    "noc@90",
+    "over_max@85",
+    "over_max@90",
+    "noc100@90",
+    "over_100@90",
+    "spc",
+    "time_seconds",
+    "total_clicks",
+    "oracle_miou",
+    "miou@1",
+    "miou@5",
+    "miou@10",
+    "miou@20",
+]
+
+
+def render_summary_csv(summary: dict[str, Any]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for entry in summary["results"]:
+        curve = entry["miou_per_click"]
+        row = {
+            "dataset": entry["dataset"],
+            "mode": entry["mode"],
+            "samples": entry["samples"],
+            "noc_max_clicks": entry["noc_max_clicks"],
+            "spc": entry["spc"],
+            "time_seconds": entry["time_seconds"],
+            "total_clicks": entry["total_clicks"],
+            "noc100@90": entry.get("noc100_90"),
+            "over_100@90": entry.get("over_100_90"),
+            "oracle_miou": entry.get("oracle_miou"),
+        }
+        for label in ("80", "85", "90"):
+            row[f"noc@{label}"] = entry["noc"].get(label)
+        for label in ("85", "90"):
+            row[f"over_max@{label}"] = entry["over_max"].get(label)
+        for k in (1, 5, 10, 20):
+            row[f"miou@{k}"] = curve[k - 1] if len(curve) >= k else None
+        writer.writerow(row)
+    return buffer.getvalue()
+
+
+def write_run_reports(run_dir: str | os.PathLike, datasets: dict | None = None, context: Any = None) -> dict[str, Any]:
+    """Write summary.{md,json,csv}, the mIoU plot and the worst-case galleries of a run folder.
+
+    datasets / context (the runner's): used for the expected sample counts and to draw the galleries.
+    """
+    from fbrs.evaluation.plots import plot_miou_vs_clicks, write_worst_case_galleries
+
+    run_dir = Path(run_dir)
+    expected = None
+    if datasets is not None:
+        limit = context.settings.limit if context is not None else None
+        expected = {name: len(d) if limit is None else min(limit, len(d)) for name, d in datasets.items()}
+    summary = summarize_run(run_dir, expected)
+    if not summary["results"]:
+        return summary
+    write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
+    write_text_atomic(run_dir / "summary.md", render_summary_markdown(summary))
+    write_text_atomic(run_dir / "summary.csv", render_summary_csv(summary))
+    plot_miou_vs_clicks(summary, run_dir / "miou_vs_clicks.png")
+    if datasets is not None and context is not None and context.settings.gallery_size > 0:
+        write_worst_case_galleries(run_dir, datasets, context)
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------------------
+# fbrs report
+
+
+def compare_runs_markdown(run_dirs: list[str | os.PathLike]) -> str:
+    """One Markdown table with the runs side by side: a row per (run, mode), NoC@85/NoC@90 and SPC per dataset."""
+    summaries = []
+    for run_dir in run_dirs:
+        run_dir = Path(run_dir)
+        if not (run_dir / CONFIG_FILE).is_file():
+            raise FbrsError(
+                f"{run_dir} is not an evaluation run (no {CONFIG_FILE}); expected a folder made by fbrs evaluate"
+            )
+        summaries.append(summarize_run(run_dir))
+    datasets: list[str] = []
+    for summary in summaries:
+        datasets += [d for d in summary["datasets"] if d not in datasets]
+    header = ["Run", "Model", "Method"] + [f"{d} {c}" for d in datasets for c in ("NoC@85", "NoC@90", "SPC, s")]
+    rows = []
+    for summary in summaries:
+        entries = _by_key(summary)
+        for mode in _modes(summary):
+            row = [summary["run"], _model_label(summary["model"]), mode]
+            for dataset in datasets:
+                entry = entries.get((dataset, mode))
+                row += (
+                    [_number(entry["noc"].get("85")), _number(entry["noc"].get("90")), _number(entry["spc"], 3)]
+                    if entry
+                    else ["-"] * 3
+                )
+            rows.append(row)
+    notes = [
+        f"- `{s['run']}`: max clicks {s['max_clicks']}, target IoU {s['target_iou']:.2f}, zoom-in "
+        f"{'on' if s['zoom_in'] else 'off'}; samples "
+        + ", ".join(f"{e['dataset']}/{e['mode']} {e['samples']}" for e in s["results"])
+        for s in summaries
+    ]
+    return "\n".join(["# Evaluation runs compared", "", _table(header, rows), "", *notes, ""])
+
+
+def worst_samples(
+    records: list[dict[str, Any]], count: int, target_iou: float, max_clicks: int
+) -> list[dict[str, Any]]:
+    """The `count` hardest samples: most clicks to reach the target IoU, then lowest final IoU."""
+    threshold = noc_thresholds(target_iou)[-1]
+    return sorted(
+        records,
+        key=lambda r: (-number_of_clicks(r["ious"], threshold, max_clicks), r["ious"][-1] if r["ious"] else 0.0),
+    )[:count]
