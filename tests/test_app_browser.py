@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from fbrs.app.export import decode_rle, read_instance_png
-from fbrs.app.project import AnnotationProject
+from fbrs.app.project import AnnotationProject, AppLimits
 from fbrs.app.server import create_app
 from tests.test_app_helpers import CREMA, SPOON, TABLE, LiveServer, classical_mode, sample_folder, tiny_engine
 
@@ -72,7 +72,9 @@ def test_label_two_objects_in_chromium_and_find_them_on_disk(tmp_path):
     out_dir = tmp_path / "out"
     engine = tiny_engine()
     mode = classical_mode(engine)
-    app = create_app(engine, AnnotationProject(folder, out_dir))
+    # Display at most 400 px wide: the 600 x 400 coffee image is shown downscaled, so the test also checks
+    # that canvas clicks map back to full-resolution pixels and that masks are saved at full resolution.
+    app = create_app(engine, AnnotationProject(folder, out_dir, limits=AppLimits(display_max_side=400)))
     page_errors: list[str] = []
 
     with LiveServer(app) as server, sync_playwright() as playwright:
@@ -91,6 +93,8 @@ def test_label_two_objects_in_chromium_and_find_them_on_disk(tmp_path):
             page.click("#image-list li[data-name='coffee.jpg']")
             page.wait_for_function("() => window.fbrsApp.session.image_name === 'coffee.jpg'")
             page.wait_for_function(IDLE)
+            assert page.evaluate("[window.fbrsApp.picture.naturalWidth, window.fbrsApp.picture.naturalHeight]") == [
+                400, 267]
             page.select_option("#mode", mode)
             page.wait_for_function(IDLE)
             assert page.evaluate("window.fbrsApp.session.settings.mode") == mode

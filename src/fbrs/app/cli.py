@@ -74,7 +74,7 @@ def run_app(
     project = app.state.project
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
     print(f"fbrs app: annotating {project.images_dir} ({len(project.image_names)} images), "
-          f"saving to {project.out_dir}")
+          f"saving to {project.out_dir.resolve()}")
     print(f"fbrs app: open {url}  (API docs: {url}docs; Ctrl+C to stop)")
     if host not in ("127.0.0.1", "localhost", "::1"):
         print("fbrs app: warning: the API has no authentication; anyone who reaches "
