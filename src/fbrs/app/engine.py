@@ -72,8 +72,8 @@ class PredictionEngine:
         self.model_name = model_name or (None if model is None else type(model).__name__)
         self._factory = factory
         self._modes = modes if modes is not None else _registered_modes()
-        # Sessions share one model; predictors may attach hooks or caches to it, so predictions of
-        # different sessions run one at a time. The CPU is the bottleneck either way.
+        # Sessions share one model. Their predictions take turns: on a CPU box parallel forward passes
+        # only fight over the cores, and predictors (baselines included) need not be thread-safe.
         self.model_lock = threading.Lock()
 
     def modes(self) -> list[dict[str, Any]]:
