@@ -150,8 +150,7 @@ def run_benchmark(settings: BenchSettings, out_path: str | os.PathLike) -> dict[
     device = torch.device(settings.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda but torch sees no CUDA device")
-    model, model_description = load_model_for_evaluation(settings.model)
-    model = model.to(device)
+    model, model_description = load_model_for_evaluation(settings.model, settings.device)
     synchronize = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
     image, mask = synthetic_scene(settings.crop_size)

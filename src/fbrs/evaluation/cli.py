@@ -48,6 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--oracle", action="store_true", help="paper App. B: continue f-BRS with the GT as target")
     evaluate.add_argument("--jobs", type=int, default=1, help="worker processes (torch threads split among them)")
     evaluate.add_argument("--threads", type=int, help="torch threads of a --jobs 1 run (default: torch's)")
+    evaluate.add_argument("--device", default="cpu", help="cpu or cuda (with --jobs 1)")
     evaluate.add_argument("--limit", type=int, help="only the first K samples of each dataset")
     evaluate.add_argument("--data-root", help="folder holding the datasets given by name (default: $FBRS_DATA, ...)")
     evaluate.add_argument("--save-masks", action="store_true", help="write every final mask to OUT/masks")
@@ -114,6 +115,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         data_root=args.data_root,
         limit=args.limit,
         jobs=args.jobs,
+        device=args.device,
         save_masks=args.save_masks,
         gallery_size=args.gallery,
     )

@@ -135,13 +135,14 @@ def write_worst_case_galleries(run_dir: Path, datasets: dict[str, Any], context:
                     probs = replay_clicks(predictor, sample.image, clicks)
                     mask = np.zeros_like(sample.mask) if probs is None else np.asarray(probs) > settings.pred_threshold
                 final_iou = record["ious"][-1] if record["ious"] else 0.0
+                clicks_text = f"{len(clicks)} click" + ("s" if len(clicks) != 1 else "")
                 tiles.append(
                     {
                         "image": sample.image,
                         "mask": mask,
                         "gt": sample.mask,
                         "clicks": clicks,
-                        "caption": f"{sample.name}: {len(clicks)} clicks, IoU {final_iou:.3f}",
+                        "caption": f"{sample.name}: {clicks_text}, IoU {final_iou:.3f}",
                     }
                 )
             path = run_dir / "gallery" / f"{dataset_name}__{mode}.png"

@@ -70,6 +70,7 @@ class EvaluationSettings:
     data_root: str | None = None
     limit: int | None = None
     jobs: int = 1
+    device: str = "cpu"
     save_masks: bool = False
     gallery_size: int = 6
 
@@ -86,6 +87,8 @@ class EvaluationSettings:
             raise ConfigError(f"--jobs must be >= 1, got {self.jobs}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit must be >= 1, got {self.limit}")
+        if self.jobs > 1 and self.device != "cpu":
+            raise ConfigError(f"--jobs {self.jobs} runs CPU worker processes; use --jobs 1 with --device {self.device}")
 
     def identity(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in IDENTITY_FIELDS}
@@ -226,22 +229,21 @@ def check_modes(modes: list[str]) -> None:
         raise ConfigError(f"unknown mode(s) {', '.join(unknown)}; available: {listing}")
 
 
-def load_model_for_evaluation(spec: str | None) -> tuple[Any, dict[str, Any]]:
+def load_model_for_evaluation(spec: str | None, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
     """(model, description) for --model: a checkpoint path, a registered architecture (random weights,
-    seeded), or None = the bundled default model (CheckpointError when it is missing)."""
+    seeded), or None = the bundled default model (CheckpointError when it is missing); on `device`."""
     import torch
 
     from fbrs.models import build_model, list_models, load_default_model, load_model
 
     if spec is None:
-        model = load_default_model()
-        return model, {"kind": "default", "path": None}
+        return load_default_model(device), {"kind": "default", "path": None}
     path = Path(spec)
     if path.is_file():
-        return load_model(path), {"kind": "checkpoint", "path": str(path.resolve()), "sha256": _sha256(path)}
+        return load_model(path, device), {"kind": "checkpoint", "path": str(path.resolve()), "sha256": _sha256(path)}
     if spec in list_models():
         torch.manual_seed(RANDOM_WEIGHTS_SEED)
-        model = build_model(spec).eval()
+        model = build_model(spec).eval().to(device)
         for parameter in model.parameters():
             parameter.requires_grad_(False)
         return model, {"kind": "random-weights", "name": spec, "seed": RANDOM_WEIGHTS_SEED}
@@ -441,7 +443,7 @@ def run_evaluation(
     if model is not None:
         model_description: dict[str, Any] = {"kind": "given", "class": type(model).__name__}
     elif needs_model:
-        model, model_description = load_model_for_evaluation(settings.model)
+        model, model_description = load_model_for_evaluation(settings.model, settings.device)
     else:
         model_description = {"kind": "none"}
     _write_or_check_config(run_dir, settings, model_description, list(datasets))
