@@ -216,6 +216,14 @@ class Predictor:
             self._history = saved_history
         return (result, state) if return_state else result
 
+    def oracle_refine(self, gt_mask: np.ndarray, ignore_mask: np.ndarray | None = None) -> np.ndarray:
+        """f-BRS oracle (paper, Appendix B): continue optimising towards the ground truth (H, W) bool mask.
+
+        Returns the (H, W) float32 probabilities; the interactive state is unchanged. f-BRS modes only."""
+        from fbrs.inference.oracle import oracle_refine
+
+        return oracle_refine(self, gt_mask, ignore_mask)
+
     # -- internals --------------------------------------------------------------------------------
     def _require_image(self) -> None:
         if self._image is None:
