@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fbrs.coco_rle import decode_counts
 from fbrs.errors import DatasetError
-from fbrs.evaluation.datasets import decode_rle_string, load_dataset
+from fbrs.evaluation.datasets import load_dataset
 
 # --------------------------------------------------------------------------------------------------------
 # The shared evaluation sets (README of /work/shared/data gives the counts and encodings checked here)
@@ -203,7 +204,7 @@ def test_coco_json_polygons_rle_and_crowd_ignore(tmp_path):
 
 def test_rle_string_decoder_handles_large_and_decreasing_runs():
     counts = [0, 5000, 3, 70000, 12, 1, 90000]
-    assert decode_rle_string(_encode_rle_string(counts)) == counts
+    assert decode_counts(_encode_rle_string(counts)) == counts
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from fbrs.app.errors import AnnotationFileError
+from fbrs.coco_rle import decode_rle, encode_rle  # noqa: F401 - part of this module's API
 from fbrs.io_utils import save_png_atomic, write_text_atomic
 
 CLICK_LOG_VERSION = 1
@@ -57,82 +58,7 @@ def color_hex(object_id: int) -> str:
 # ------------------------------------------------------------------------------------------- COCO RLE
 
 
-def _run_lengths(mask: np.ndarray) -> list[int]:
-    """Run lengths of a bool (H, W) mask in column-major order, starting with a (maybe empty) 0-run."""
-    flat = np.asarray(mask, dtype=bool).ravel(order="F")
-    if flat.size == 0:
-        return []
-    change_positions = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    boundaries = np.concatenate([[0], change_positions, [flat.size]])
-    runs = np.diff(boundaries).tolist()
-    if flat[0]:
-        runs.insert(0, 0)
-    return runs
-
-
-def encode_rle(mask: np.ndarray) -> dict[str, Any]:
-    """COCO compressed RLE of a (H, W) bool mask: ``{"size": [H, W], "counts": str}``.
-
-    Same byte string as pycocotools' ``mask.encode``: column-major runs starting with background,
-    each run from the fourth on stored as the difference to the run two before, in 5-bit groups
-    offset by 48 into printable ASCII, bit 0x20 = "more groups follow".
-    """
-    mask = np.asarray(mask)
-    if mask.ndim != 2:
-        raise ValueError(f"mask must be (H, W), got shape {mask.shape}")
-    runs = _run_lengths(mask)
-    characters: list[str] = []
-    for index, run in enumerate(runs):
-        value = run - runs[index - 2] if index > 2 else run
-        more = True
-        while more:
-            group = value & 0x1F
-            value >>= 5  # arithmetic shift: negative differences end at -1, not 0
-            more = value != -1 if group & 0x10 else value != 0
-            if more:
-                group |= 0x20
-            characters.append(chr(group + 48))
-    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": "".join(characters)}
-
-
-def decode_rle(rle: dict[str, Any]) -> np.ndarray:
-    """Inverse of `encode_rle`; also accepts uncompressed RLE (``counts`` as a list of ints).
-
-    Returns a (H, W) bool mask. Raises ValueError for a malformed RLE.
-    """
-    try:
-        height, width = (int(value) for value in rle["size"])
-        counts = rle["counts"]
-    except (KeyError, TypeError, ValueError):
-        raise ValueError("RLE must be a mapping with 'size': [H, W] and 'counts'") from None
-    if isinstance(counts, str):
-        runs: list[int] = []
-        position = 0
-        while position < len(counts):
-            value = 0
-            shift = 0
-            more = True
-            while more:
-                if position >= len(counts):
-                    raise ValueError("RLE counts string ends in the middle of a number")
-                group = ord(counts[position]) - 48
-                value |= (group & 0x1F) << shift
-                more = bool(group & 0x20)
-                position += 1
-                shift += 5
-                if not more and group & 0x10:
-                    value |= -1 << shift
-            if len(runs) > 2:
-                value += runs[-2]
-            runs.append(value)
-    else:
-        runs = [int(run) for run in counts]
-    if any(run < 0 for run in runs) or sum(runs) != height * width:
-        raise ValueError(f"RLE runs do not cover a {height}x{width} mask")
-    values = np.zeros(len(runs), dtype=bool)
-    values[1::2] = True
-    flat = np.repeat(values, runs)
-    return flat.reshape((height, width), order="F")
+# encode_rle / decode_rle live in fbrs.coco_rle (shared with the COCO dataset reader); re-exported here.
 
 
 # ------------------------------------------------------------------------------------------- polygons

@@ -409,43 +409,13 @@ def coco_segmentation_to_mask(segmentation: Any, height: int, width: int) -> np.
                 draw.polygon(points, fill=1)
         return np.asarray(canvas, dtype=bool)
     if isinstance(segmentation, dict) and "counts" in segmentation:
-        rle_height, rle_width = segmentation.get("size", (height, width))
-        counts = segmentation["counts"]
-        if isinstance(counts, (bytes, str)):
-            counts = decode_rle_string(counts.decode("ascii") if isinstance(counts, bytes) else counts)
-        return rle_counts_to_mask(list(counts), int(rle_height), int(rle_width))
+        from fbrs.coco_rle import decode_rle
+
+        try:
+            return decode_rle({"size": segmentation.get("size", (height, width)), "counts": segmentation["counts"]})
+        except ValueError as error:
+            raise DatasetError(f"malformed COCO RLE: {error}") from None
     raise DatasetError(f"unsupported COCO segmentation of type {type(segmentation).__name__}")
-
-
-def decode_rle_string(text: str) -> list[int]:
-    """Decode COCO's compressed RLE string: 6-bit characters (offset 48) holding 5 payload bits and a
-    continuation bit; from the third run on, each value is a difference to the run two places back."""
-    counts: list[int] = []
-    position = 0
-    while position < len(text):
-        value, shift, more = 0, 0, True
-        while more:
-            chunk = ord(text[position]) - 48
-            value |= (chunk & 0x1F) << shift
-            more = bool(chunk & 0x20)
-            position += 1
-            shift += 5
-            if not more and chunk & 0x10:
-                value |= -1 << shift  # sign-extend
-        if len(counts) > 2:
-            value += counts[-2]
-        counts.append(value)
-    return counts
-
-
-def rle_counts_to_mask(counts: list[int], height: int, width: int) -> np.ndarray:
-    """Uncompressed COCO RLE (alternating background/object run lengths, column-major) -> (H, W) bool."""
-    if sum(counts) != height * width:
-        raise DatasetError(f"RLE counts sum to {sum(counts)}, expected height*width = {height * width}")
-    values = np.zeros(len(counts), bool)
-    values[1::2] = True
-    flat = np.repeat(values, counts)
-    return flat.reshape(width, height).T.copy()
 
 
 # ----------------------------------------------------------------------------------------------------------
