@@ -125,7 +125,10 @@ class Trainer:
         self.model = self._build_model().to(self.device)
         self.network: torch.nn.Module = self.model
         if self.world_size > 1:
-            self.network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            if self.device.type == "cuda":
+                # Converted in place: self.model then holds the synchronised BatchNorms too.
+                torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            # SyncBatchNorm exists only for CUDA; CPU processes (gloo) keep per-process BatchNorm statistics.
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.network = torch.nn.parallel.DistributedDataParallel(self.network, device_ids=device_ids)
         self.optimizer = self._build_optimizer()
