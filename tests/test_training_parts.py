@@ -17,6 +17,7 @@ from fbrs.training.augment import augment_sample, crop_around_object
 from fbrs.training.click_sampler import sample_clicks
 from fbrs.training.config import AugmentConfig, ClickConfig, TrainConfig, load_config
 from fbrs.training.data import (
+    DatasetSource,
     FolderSource,
     PackSource,
     TrainingData,
@@ -278,3 +279,19 @@ def test_pack_round_trip_keeps_masks_and_split(coco_folder, tmp_path):
     with pytest.raises(DatasetError, match="over the limit"):
         pack_training_data([coco_folder], tmp_path / "big.zip", max_side=200, max_bytes=1000, progress=False)
     assert not (tmp_path / "big.zip").exists()
+
+
+def test_dataset_kind_reads_through_the_evaluation_loaders(data_dir, tmp_path):
+    source_folder = data_dir / "train" / "ccp_person"
+    folder = tmp_path / "ccp_person"
+    for sub in ("images", "masks"):
+        (folder / sub).mkdir(parents=True)
+    for stem in ("0001", "0003"):
+        shutil.copy(source_folder / "images" / f"{stem}.jpg", folder / "images")
+        shutil.copy(source_folder / "masks" / f"{stem}.png", folder / "masks")
+    through_loader = DatasetSource(str(folder), split="train")
+    direct = FolderSource(folder)
+    loader_records = index_source(through_loader, 0, 0)
+    direct_records = index_source(direct, 0, 0)
+    assert [r.object_areas for r in loader_records] == [r.object_areas for r in direct_records]
+    assert {r.source for r in loader_records} == {r.source for r in direct_records}
