@@ -28,7 +28,8 @@ class SeededPredictor:
         seed_radius: radius in pixels (original image) of the disk seed each click paints.
         border_background: treat the one-pixel image frame as background seeds (see `seeds.click_seeds`).
         max_side: the image is downscaled (area averaging) so that its longer side is at most this many
-            pixels before solving; probabilities are upsampled back (bilinear). None = full resolution.
+            pixels before solving; probabilities are upsampled back (bilinear). None = full resolution,
+            -1 (the default) = the method's own `default_max_side` (see docs/baselines.md).
     """
 
     name = "seeded"
