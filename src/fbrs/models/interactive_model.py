@@ -16,11 +16,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from fbrs.models.deeplab import DeepLabV3Plus, SegmentationHead, upsample_to
+from fbrs.models.deeplab import DecoderHead, DeepLabV3Plus, SegmentationHead, SeparableConv, upsample_to
 from fbrs.models.distance_maps import DistanceMaps
 
 #: f-BRS insertion points (paper names A, B, C).
 INSERTIONS = ("after_backbone", "after_aspp", "after_decoder")
+
+_POINTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Dropout, nn.Identity)
+_LOCAL_CONTAINERS = (nn.Sequential, DecoderHead, SegmentationHead, SeparableConv)
 
 
 @dataclass(frozen=True)
@@ -155,12 +158,49 @@ class InteractiveModel(nn.Module):
         self, insertion: str, features: torch.Tensor, skip: torch.Tensor | None, size: tuple[int, int]
     ) -> torch.Tensor:
         """Run the rest of the network after `insertion` on (possibly scaled) features -> (B,1,*size)."""
-        extractor = self.feature_extractor
+        return upsample_to(self.local_logits(insertion, self.nonlocal_part(insertion, features, skip)), size)
+
+    # What follows an insertion point, split once more for f-BRS gradients on small windows:
+    # a non-local part (ASPP with its image pooling, only after the backbone) and a local part (the
+    # decoder and head: 3x3 and 1x1 convs, eval-mode BatchNorm, ReLU) whose low-resolution logit at a
+    # pixel depends only on inputs within `local_radius` pixels of it.
+    def nonlocal_part(self, insertion: str, features: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+        """features at `insertion` -> input of `local_logits`: (B, C, H/4, W/4). The identity unless
+        insertion is after_backbone (then ASPP + skip concat)."""
         if insertion == "after_backbone":
-            features = extractor.decode(extractor.aspp_and_skip(skip, features))
-        elif insertion == "after_aspp":
-            features = extractor.decode(features)
-        return upsample_to(self.head(features), size)
+            return self.feature_extractor.aspp_and_skip(skip, features)
+        if insertion in ("after_aspp", "after_decoder"):
+            return features
+        raise ValueError(f"unknown insertion point {insertion!r}; known: {INSERTIONS}")
+
+    def local_logits(self, insertion: str, x: torch.Tensor) -> torch.Tensor:
+        """Input of the local part (B, C, h, w) -> low-resolution logits (B, 1, h, w), before upsampling."""
+        if insertion in ("after_backbone", "after_aspp"):
+            x = self.feature_extractor.decode(x)
+        return self.head(x)
+
+    def local_radius(self, insertion: str) -> int | None:
+        """How far (in low-resolution pixels) the local part after `insertion` looks: the sum of the
+        half-widths of its 'same'-padded stride-1 convolutions. None when a module is not known to be
+        pixel-local (then callers must run the local part on whole maps)."""
+        modules = [self.head]
+        if insertion in ("after_backbone", "after_aspp"):
+            modules.insert(0, self.feature_extractor.head)
+        radius = 0
+        for root in modules:
+            for module in root.modules():
+                if isinstance(module, nn.Conv2d):
+                    kernel, dilation = module.kernel_size, module.dilation
+                    reach = dilation[0] * (kernel[0] - 1) // 2, dilation[1] * (kernel[1] - 1) // 2
+                    if module.stride != (1, 1) or module.padding != reach or reach[0] != reach[1]:
+                        return None
+                    radius += reach[0]
+                elif isinstance(module, nn.BatchNorm2d):
+                    if module.training:  # batch statistics mix all pixels
+                        return None
+                elif not isinstance(module, _LOCAL_CONTAINERS + _POINTWISE_MODULES):
+                    return None
+        return radius
 
     # -- parameter groups for training -----------------------------------------------------------
     def backbone_parameters(self) -> list[nn.Parameter]:

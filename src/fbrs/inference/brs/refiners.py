@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from fbrs.inference.brs.objective import BRSConfig, ClickObjective, minimise
+from fbrs.inference.brs.objective import BRSConfig, ClickObjective, WindowedClickObjective, minimise
+from fbrs.inference.brs.windows import loss_support, plan_windows
 from fbrs.inference.clicks import Click, click_squares, points_tensor
 from fbrs.models.interactive_model import InteractiveModel
 
@@ -120,12 +121,21 @@ class InputBRS(Refiner):
 
 
 class FeatureBRS(Refiner):
-    """f-BRS: `features * (1 + s) + b` at `insertion` (after_backbone = A, after_aspp = B, after_decoder = C)."""
+    """f-BRS: `features * (1 + s) + b` at `insertion` (after_backbone = A, after_aspp = B, after_decoder = C).
 
-    def __init__(self, insertion: str, reg_bias_weight: float = 10.0, **kwargs: Any) -> None:
+    windowed_gradient: take the gradient of each L-BFGS evaluation on small windows around the clicks
+    (see `brs.windows`) instead of the whole maps. The loss, the early exits and the returned logits
+    still come from a whole-map forward pass, so results agree with the whole-map gradient up to float
+    summation order; False restores the whole-map backward pass (for comparisons).
+    """
+
+    def __init__(
+        self, insertion: str, reg_bias_weight: float = 10.0, windowed_gradient: bool = True, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.insertion = insertion
         self.reg_bias_weight = reg_bias_weight
+        self.windowed_gradient = windowed_gradient
         self.variables: np.ndarray | None = None  # [s (B*C), b (B*C)]; kept across clicks and Zoom-In crops
         self._cache: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
@@ -158,20 +168,40 @@ class FeatureBRS(Refiner):
             with torch.no_grad():
                 self._cache = model.features_at(self.insertion, image, points_tensor(clicks_lists, self.clicks_limit))
         features, skip = self._cache
+        insertion = self.insertion
 
         def unpack(x: torch.Tensor):
             scale, bias = torch.chunk(x, 2, dim=0)
             regulariser = self.config.reg_weight * (torch.sum(scale**2) + self.reg_bias_weight * torch.sum(bias**2))
             return (1 + scale, bias), regulariser
 
-        def logits_fn(scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-            scale = scale.view(batch, -1, 1, 1)
-            bias = bias.view(batch, -1, 1, 1)
+        def per_item(scale: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """flat variables -> (B, C, 1, 1) scale and bias; the flipped copy shares the variables."""
+            scale, bias = scale.view(batch, -1, 1, 1), bias.view(batch, -1, 1, 1)
             if self.with_flip:
                 scale, bias = scale.repeat(2, 1, 1, 1), bias.repeat(2, 1, 1, 1)
-            return model.logits_from(self.insertion, features * scale + bias, skip, (height, width))
+            return scale, bias
 
-        objective = ClickObjective(self.config, logits_fn, unpack, positive, negative)
+        def logits_fn(scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+            scale, bias = per_item(scale, bias)
+            return model.logits_from(insertion, features * scale + bias, skip, (height, width))
+
+        radius = model.local_radius(insertion) if self.windowed_gradient else None
+        if radius is None:
+            objective = ClickObjective(self.config, logits_fn, unpack, positive, negative)
+        else:
+
+            def start_fn(scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+                scale, bias = per_item(scale, bias)
+                return model.nonlocal_part(insertion, features * scale + bias, skip)
+
+            # The local part runs at the resolution of the low-level skip features (stride 4).
+            low_size = tuple((skip if skip is not None else features).shape[2:])
+            objective = WindowedClickObjective(
+                self.config, start_fn, lambda x: model.local_logits(insertion, x), (height, width),
+                lambda: plan_windows(loss_support(positive, negative, low_size), radius),
+                unpack, positive, negative,
+            )
         self.variables = self._optimise(objective, self.variables, num_clicks)
         if objective.best_logits is not None:
             return objective.best_logits
