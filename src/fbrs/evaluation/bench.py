@@ -5,8 +5,8 @@ sees exactly that size) and the same click sequence (placed once by the robot ag
 interleaved round-robin over the repeats so slow drifts of the machine (other jobs, thermal) hit all
 modes alike; this is what makes the ratios f-BRS-B / NoBRS and RGB-BRS / f-BRS-B meaningful. The first
 click of a sequence is a plain forward pass in every mode, so SPC statistics use clicks 2..N; the first
-click is reported separately. Peak memory: on CUDA torch's peak allocation per mode; on CPU the growth of
-the peak resident set of a fresh process running one sequence of that mode.
+click is reported separately. Peak memory: on CUDA torch's peak allocation per mode; on CPU the peak
+resident set of a fresh process that loads the model and runs one sequence of that mode.
 """
 
 from __future__ import annotations
@@ -98,7 +98,9 @@ def _timed_sequence(predictor: Any, image: np.ndarray, clicks: list[RobotClick],
 
 
 def _peak_memory_worker(mode: str, settings_dict: dict, clicks: list[tuple], queue: Any) -> None:
-    """Runs in a fresh process: peak RSS growth (bytes) caused by one click sequence of `mode`."""
+    """Runs in a fresh process: its peak RSS (bytes) after loading the model and one click sequence of `mode`.
+
+    The absolute peak, not its growth over the sequence: the growth reads 0 whenever loading peaked higher."""
     import resource
 
     import torch
@@ -110,10 +112,9 @@ def _peak_memory_worker(mode: str, settings_dict: dict, clicks: list[tuple], que
         torch.set_num_threads(settings.threads)
     model, _ = load_model_for_evaluation(settings.model)
     image, _ = synthetic_scene(settings.crop_size)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     _timed_sequence(_make_predictor(mode, model, settings), image, [RobotClick(*c) for c in clicks], lambda: None)
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    queue.put((after - before) * 1024)  # ru_maxrss is in KiB on Linux
+    queue.put(after * 1024)  # ru_maxrss is in KiB on Linux
 
 
 def _cpu_peak_memory(settings: BenchSettings, mode: str, clicks: list[RobotClick]) -> int | None:
@@ -273,7 +274,7 @@ def render_benchmark_markdown(result: dict[str, Any]) -> str:
             + (
                 "CUDA peak allocation."
                 if environment["device"] and not environment["device"].startswith("CPU")
-                else "growth of the peak RSS of a fresh process running one sequence."
+                else "peak RSS of a fresh process that loads the model and runs one sequence."
             ),
             "",
             "Ratios of median SPC, measured in this run: " + (", ".join(ratios) if ratios else "-") + ".",

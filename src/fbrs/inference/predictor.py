@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from fbrs.errors import InvalidClickError, InvalidImageError
 from fbrs.images import IMAGENET_MEAN, IMAGENET_STD, as_rgb_uint8
@@ -49,6 +50,10 @@ class Predictor:
             default is the original's: 8 for f-BRS, 5 for RGB/DistMap-BRS (the paper states 4), none for NoBRS.
         lbfgs_max_evaluations: L-BFGS function evaluations per click (20).
         max_clicks: refuse clicks beyond this many (None: no limit).
+        max_image_side: when the network would see the whole image (no Zoom-In crop: the first click, or
+            zoom_in=False) and its longer side exceeds this, resize it to this longer side first and the
+            probabilities back (bilinear, as Zoom-In does for crops). Bounds time and memory on huge images
+            (a 4000x3000 photo needs over 6 GB without it). None (default) = the original behaviour.
     """
 
     def __init__(
@@ -64,6 +69,7 @@ class Predictor:
         lbfgs_max_evaluations: int = 20,
         max_clicks: int | None = None,
         device: str | torch.device | None = None,
+        max_image_side: int | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; available: {', '.join(MODES)}")
@@ -74,6 +80,10 @@ class Predictor:
         self.prob_threshold = prob_threshold
         self.with_flip = with_flip
         self.max_clicks = max_clicks
+        if max_image_side is not None and max_image_side < 16:
+            raise ValueError(f"max_image_side must be at least 16 pixels, got {max_image_side}")
+        self.max_image_side = max_image_side
+        self._small_image: torch.Tensor | None = None  # the image resized to max_image_side, made on demand
         self.clicks_limit = spec.clicks_limit if clicks_limit is _UNSET else clicks_limit
         self.zoom_in = ZoomIn(ZoomInConfig(zoom_in_target_size, zoom_in_skip_clicks)) if zoom_in else None
         config = BRSConfig(
@@ -100,6 +110,7 @@ class Predictor:
         Forgets all clicks."""
         self._image = as_rgb_uint8(image)
         self._image_tensor = normalise_image(self._image).to(self.device)
+        self._small_image = None
         self.reset()
 
     @property
@@ -123,7 +134,10 @@ class Predictor:
         return None if self._probabilities is None else self._probabilities > self.prob_threshold
 
     def add_click(self, y: float, x: float, positive: bool) -> np.ndarray:
-        """Add a click at (y, x) = (row, column) in image pixels; returns the (H, W) float32 probabilities."""
+        """Add a click at (y, x) = (row, column) in image pixels; returns the (H, W) float32 probabilities.
+
+        The array is read-only: the undo history shares it instead of keeping a copy per click (a
+        12-megapixel image costs 48 MB per copy). `.copy()` it to modify it."""
         height, width = self.image_size
         try:
             y, x = float(y), float(x)
@@ -137,8 +151,10 @@ class Predictor:
             raise InvalidClickError(f"click limit reached: at most {self.max_clicks} clicks per object")
         self._history.append(self.get_state())
         self._clicks.append(Click(y, x, bool(positive)))
-        self._probabilities = self._predict()
-        return self._probabilities
+        probabilities = self._predict()
+        probabilities.flags.writeable = False
+        self._probabilities = probabilities
+        return probabilities
 
     def undo(self) -> np.ndarray | None:
         """Remove the last click, restoring the exact state before it. Returns the probabilities then."""
@@ -157,10 +173,12 @@ class Predictor:
             self.zoom_in.reset()
 
     def get_state(self) -> dict[str, Any]:
-        """Everything that determines future predictions; `set_state` restores it exactly."""
+        """Everything that determines future predictions; `set_state` restores it exactly.
+
+        Arrays and tensors are shared, not copied: none of them is ever modified in place."""
         return {
             "clicks": list(self._clicks),
-            "probabilities": None if self._probabilities is None else self._probabilities.copy(),
+            "probabilities": self._probabilities,
             "refiner": self.refiner.get_state(),
             "zoom_in": None if self.zoom_in is None else self.zoom_in.get_state(),
             "history_length": len(self._history),
@@ -169,7 +187,7 @@ class Predictor:
     def set_state(self, state: dict[str, Any], keep_history: bool = False) -> None:
         self._require_image()
         self._clicks = list(state["clicks"])
-        self._probabilities = None if state["probabilities"] is None else state["probabilities"].copy()
+        self._probabilities = state["probabilities"]
         self.refiner.set_state(state["refiner"])
         if self.zoom_in is not None and state["zoom_in"] is not None:
             self.zoom_in.set_state(state["zoom_in"])
@@ -245,6 +263,10 @@ class Predictor:
         if self.zoom_in is not None:
             image, clicks = self.zoom_in.transform(image, clicks)
             image_changed = self.zoom_in.image_changed
+        whole_image = self.zoom_in is None or not self.zoom_in.applied
+        resized = whole_image and self.max_image_side is not None and max(self.image_size) > self.max_image_side
+        if resized:
+            image, clicks = self._resized_input(clicks)
         clicks_lists = [clicks]
         if self.with_flip:
             width = image.shape[3]
@@ -256,9 +278,23 @@ class Predictor:
                 # The original averages the flips on logits, before the sigmoid.
                 logits = 0.5 * (logits[:1] + torch.flip(logits[1:], dims=[3]))
             probs = torch.sigmoid(logits)
+            if resized:
+                probs = F.interpolate(probs, size=self.image_size, mode="bilinear", align_corners=True)
             if self.zoom_in is not None:
                 probs = self.zoom_in.inverse(probs, self.image_size)
         return probs[0, 0].cpu().numpy().astype(np.float32, copy=False)
+
+    def _resized_input(self, clicks: Sequence[Click]) -> tuple[torch.Tensor, list[Click]]:
+        """The whole image with its longer side = max_image_side, and the clicks mapped onto it (the
+        mapping Zoom-In uses for its crops)."""
+        height, width = self.image_size
+        if self._small_image is None:
+            scale = self.max_image_side / max(height, width)
+            size = (max(1, int(round(height * scale))), max(1, int(round(width * scale))))
+            self._small_image = F.interpolate(self._image_tensor, size=size, mode="bilinear", align_corners=True)
+        small_height, small_width = self._small_image.shape[2:]
+        moved = [c.moved(small_height * c.y / height, small_width * c.x / width) for c in clicks]
+        return self._small_image, moved
 
     def __deepcopy__(self, memo):  # pragma: no cover - models are shared, never copied
         clone = copy.copy(self)

@@ -7,7 +7,6 @@ positive clicks stay inside and the new box overlaps it (box IoU >= 0.5); otherw
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +52,11 @@ class ZoomIn:
         self._previous_probs: np.ndarray | None = None  # full-image probabilities of the last prediction
         self._applied = False
         self.image_changed = False
+
+    @property
+    def applied(self) -> bool:
+        """Whether the last `transform` returned a crop (False: the whole image)."""
+        return self._applied
 
     def transform(self, image: torch.Tensor, clicks: Sequence[Click]) -> tuple[torch.Tensor, list[Click]]:
         """image (1,C,H,W), clicks in image pixels -> (crop image, clicks in crop pixels, fractional)."""
@@ -108,6 +112,6 @@ class ZoomIn:
     def set_state(self, state: dict[str, Any]) -> None:
         self.roi = state["roi"]
         self._roi_image = state["roi_image"]
-        self._previous_probs = copy.copy(state["previous_probs"])
+        self._previous_probs = state["previous_probs"]  # never modified in place: sharing is safe
         self._applied = state["applied"]
         self.image_changed = state["image_changed"]
