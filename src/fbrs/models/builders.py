@@ -6,6 +6,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from fbrs.models.interactive_model import InteractiveModel, ModelConfig
 from fbrs.registry import MODELS
 
@@ -37,6 +39,7 @@ def _make_builder(base: ModelConfig):
             from fbrs.models.mobilenetv2 import load_imagenet_features
 
             load_imagenet_features(model.feature_extractor.backbone, backbone_weights)
+            init_fusion_passthrough(model)
         return model
 
     build.__doc__ = f"Build `{base.name}` ({base.backbone} backbone, {base.deeplab_ch}-channel DeepLab head)."
@@ -45,6 +48,31 @@ def _make_builder(base: ModelConfig):
 
 for _name, _config in _BASE_CONFIGS.items():
     MODELS.register(_name, config=_config)(_make_builder(_config))
+
+
+def init_fusion_passthrough(model: InteractiveModel, click_weight: float = 0.1) -> None:
+    """Start the fusion conv (image + 2 distance maps -> 3 channels) as a near pass-through of the image.
+
+    An ImageNet backbone expects a normalised RGB image; a randomly initialised fusion conv scrambles it
+    and training must first undo that. Here each colour channel c takes two hidden units, +x_c and -x_c,
+    so that LeakyReLU(x) - LeakyReLU(-x) = 1.2 x recovers it; the two distance maps take the last two
+    units and enter the output with a small weight that training grows.
+    """
+    first, _, _, last = model.rgb_conv
+    with torch.no_grad():
+        first.weight.zero_()
+        first.bias.zero_()
+        last.weight.zero_()
+        last.bias.zero_()
+        for channel in range(3):
+            first.weight[channel, channel] = 1.0
+            first.weight[channel + 3, channel] = -1.0
+            last.weight[channel, channel] = 1.0 / 1.2
+            last.weight[channel, channel + 3] = -1.0 / 1.2
+        first.weight[6, 3] = 1.0  # positive clicks' distance map
+        first.weight[7, 4] = 1.0  # negative clicks' distance map
+        last.weight[:, 6] = click_weight
+        last.weight[:, 7] = -click_weight
 
 
 def build_model(name: str, **overrides: Any) -> InteractiveModel:
