@@ -238,6 +238,10 @@ def test_validation_split_is_stable_and_disjoint(coco_folder):
     assert training | validation == {f"coco_train2017/{stem}" for stem in COCO_IMAGES[:3]}
     assert not training & validation
     assert validation == {key for key in training | validation if is_validation_image(key, 0.5)}
+    all_objects = data.validation_objects(max_side=0)
+    large_objects = data.validation_objects(max_side=0, min_area=5000)
+    assert all(item.gt.sum() >= 5000 for item in large_objects)
+    assert 0 < len(large_objects) < len(all_objects)
     with pytest.raises(DatasetError, match="outside the validation split"):
         TrainingData(dataclasses.replace(config.data, validation_fraction=1.0))
 

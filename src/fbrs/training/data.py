@@ -283,8 +283,9 @@ class TrainingData:
         ignore_bool = np.zeros(mask.shape, dtype=bool) if ignore is None else ignore > 0
         return image, mask.astype(np.int32), ignore_bool
 
-    def validation_objects(self, max_side: int) -> list[ValidationObject]:
-        """Up to `validation_max_objects` held-out objects (deterministic choice), downscaled to max_side."""
+    def validation_objects(self, max_side: int, min_area: int = 0) -> list[ValidationObject]:
+        """Up to `validation_max_objects` held-out objects of at least `min_area` pixels after downscaling
+        to `max_side` (deterministic choice)."""
         candidates = []
         for source_index, record in self.validation_records:
             for object_id in record.object_ids:
@@ -292,11 +293,13 @@ class TrainingData:
                 candidates.append((key, source_index, record, object_id))
         candidates.sort(key=lambda item: item[0])
         objects = []
-        for _, source_index, record, object_id in candidates[: self.config.validation_max_objects]:
+        for _, source_index, record, object_id in candidates:
+            if len(objects) >= self.config.validation_max_objects:
+                break
             image, instances, ignore = self.read(source_index, record.name)
             image, instances, ignore = _downscale(image, instances, ignore.astype(np.uint8), max_side)
             gt = instances == object_id
-            if gt.any():
+            if gt.any() and gt.sum() >= min_area:
                 objects.append(ValidationObject(f"{record.source}#{object_id}", image, gt, ignore > 0))
         return objects
 

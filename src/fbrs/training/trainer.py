@@ -121,7 +121,11 @@ class Trainer:
 
         self.data = TrainingData(config.data)
         self.dataset = TrainingDataset(self.data, config, seed=config.run.seed)
-        self.validation_objects = self.data.validation_objects(config.validation.max_side) if self.is_main else []
+        self.validation_objects = (
+            self.data.validation_objects(config.validation.max_side, config.validation.min_object_area)
+            if self.is_main
+            else []
+        )
         self.model = self._build_model().to(self.device)
         self.network: torch.nn.Module = self.model
         if self.world_size > 1:
