@@ -230,7 +230,12 @@ def test_validation_split_is_stable_and_disjoint(coco_folder):
     assert 0.15 < np.mean(held_out) < 0.25
     config = load_config(
         REPO / "configs" / "tiny_test.toml",
-        [f'data.sources=[{{path="{coco_folder}"}}]', "data.validation_fraction=0.5", "data.max_side=0"],
+        [
+            f'data.sources=[{{path="{coco_folder}"}}]',
+            "data.validation_fraction=0.5",
+            "data.max_side=0",
+            "data.validation_max_objects=100",
+        ],
     )
     data = TrainingData(config.data)
     training = {record.source for records in data.train_records for record in records}
