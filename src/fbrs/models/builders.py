@@ -30,7 +30,9 @@ _BASE_CONFIGS = {
 
 
 def _make_builder(base: ModelConfig):
-    def build(backbone_weights: str | Path | None = None, **overrides: Any) -> InteractiveModel:
+    def build(
+        backbone_weights: str | Path | None = None, fusion_init: str = "random", **overrides: Any
+    ) -> InteractiveModel:
         config = dataclasses.replace(base, **overrides) if overrides else base
         model = InteractiveModel(config)
         if backbone_weights is not None:
@@ -39,7 +41,10 @@ def _make_builder(base: ModelConfig):
             from fbrs.models.mobilenetv2 import load_imagenet_features
 
             load_imagenet_features(model.feature_extractor.backbone, backbone_weights)
+        if fusion_init == "passthrough":
             init_fusion_passthrough(model)
+        elif fusion_init != "random":
+            raise ValueError(f"fusion_init must be 'random' or 'passthrough', got {fusion_init!r}")
         return model
 
     build.__doc__ = f"Build `{base.name}` ({base.backbone} backbone, {base.deeplab_ch}-channel DeepLab head)."
@@ -79,6 +84,8 @@ def build_model(name: str, **overrides: Any) -> InteractiveModel:
     """Build a registered model by name; keyword overrides replace ModelConfig fields.
 
     `backbone_weights=PATH` loads ImageNet features into the backbone (MobileNetV2 only).
+    `fusion_init="passthrough"` starts the fusion conv as an image pass-through (see init_fusion_passthrough;
+    an option for training from ImageNet weights whose benefit is not measured yet; the original is "random").
     """
     return MODELS.get(name)(**overrides)
 
