@@ -18,6 +18,9 @@ DEFAULT_MODE = "f-BRS-B"
 LEARNED_MODES = ("NoBRS", "RGB-BRS", "DistMap-BRS", "f-BRS-A", "f-BRS-B", "f-BRS-C")
 
 
+APP_MAX_IMAGE_SIDE = 1024
+
+
 @dataclass(frozen=True)
 class PredictorSettings:
     """What a predictor is built with. prob_threshold in (0, 1): mask = probabilities > threshold."""
@@ -111,4 +114,7 @@ class PredictionEngine:
             model=self.model if needs_model else None,
             zoom_in=settings.zoom_in,
             prob_threshold=settings.prob_threshold,
+            # Photos of many megapixels: the whole-image pass (first click) runs on a 1024 px copy, which
+            # bounds time and memory; Zoom-In crops later clicks at full resolution anyway.
+            **({"max_image_side": APP_MAX_IMAGE_SIDE} if needs_model else {}),
         )
