@@ -329,3 +329,14 @@ def test_a_click_waiting_for_a_busy_session_does_not_block_the_server(engine, fo
             assert worker.is_alive() and "click" not in results
         worker.join(timeout=60)
         assert results["click"].status_code == 200 and len(results["click"].json()["clicks"]) == 1
+
+
+def test_overlay_of_an_object_without_visible_pixels(client, engine):
+    """A negative-only object has an empty mask; its overlay must still load (regression: IndexError)."""
+    image = np.asarray(Image.open(sample_folder_file("chelsea.jpg")))
+    session = client.post("/api/sessions", files={"image": ("cat.png", image_bytes(image))},
+                          data={"mode": classical_mode(engine)}).json()["session_id"]
+    client.post(f"/api/sessions/{session}/clicks", json={"x": 5, "y": 5, "positive": False})
+    assert not (png_array(client.get(f"/api/sessions/{session}/mask")) > 0).any()
+    overlay = png_array(client.get(f"/api/sessions/{session}/overlay.png", params={"max_side": 200}))
+    assert overlay.shape == (133, 200, 4) and not overlay[..., 3].any()

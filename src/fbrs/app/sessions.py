@@ -313,7 +313,8 @@ class AnnotationSession:
         with self.lock:
             labels = self.label_map(include_current=True)
             ids = [item.object_id for item in self.objects] + ([self.next_object_id()] if self._steps else [])
-        palette = np.zeros((int(labels.max(initial=0)) + 1, 4), dtype=np.uint8)
+        # An object may have no visible pixel (empty mask, or covered by later ones): size by ids too.
+        palette = np.zeros((max([int(labels.max(initial=0)), *ids]) + 1, 4), dtype=np.uint8)
         for object_id in ids:
             palette[object_id] = (*object_color(object_id), 255)
         return palette[labels]
