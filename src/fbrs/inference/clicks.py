@@ -30,7 +30,7 @@ ClickList = Sequence[Click]
 def points_tensor(clicks_lists: Sequence[ClickList], clicks_limit: int | None = None) -> torch.Tensor:
     """Encode click lists as the network's points tensor.
 
-    Returns (B, 2N, 2) float32 (y, x): per batch item the first N rows are positive clicks, the last N
+    Returns (B, 2N, 2) float64 (y, x): per batch item the first N rows are positive clicks, the last N
     negative, padded with (-1, -1). N = max count of one kind over the batch, capped by `clicks_limit`,
     at least 1. With a limit only the first `clicks_limit` clicks (chronologically) are used, as the
     original does.
@@ -48,7 +48,8 @@ def points_tensor(clicks_lists: Sequence[ClickList], clicks_limit: int | None = 
         negative = [click.coords for click in clicks if not click.is_positive]
         pad = (-1.0, -1.0)
         rows.append(positive + [pad] * (num_points - len(positive)) + negative + [pad] * (num_points - len(negative)))
-    return torch.tensor(rows, dtype=torch.float32)
+    # float64: clicks mapped into a Zoom-In crop are fractional, and the original carries them in float64.
+    return torch.tensor(rows, dtype=torch.float64)
 
 
 def click_squares(

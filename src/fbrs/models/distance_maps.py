@@ -20,7 +20,7 @@ def distance_maps(
     """Encode clicks as two distance maps.
 
     Args:
-        points: (B, 2N, 2) float (y, x) in input pixels: the first N rows are positive clicks, the last N
+        points: (B, 2N, 2) float32 or float64 (y, x) in input pixels: the first N rows are positive clicks, the last N
             negative; rows with max(y, x) < 0 are padding. Fractional coordinates are used as they are.
         height, width: size of the maps (the network input size).
         norm_radius: distance (in input pixels) that maps to tanh(2) ~ 0.96.
@@ -31,15 +31,21 @@ def distance_maps(
     """
     batch, num_rows, _ = points.shape
     num_points = num_rows // 2
-    points = points.reshape(-1, 2).to(torch.float32)
+    # float64 points keep their precision through the subtraction, which is then rounded once to float32,
+    # as the original's in-place float32 += float64 does (the robot's clicks reach it as float64 after
+    # Zoom-In); float32 points are used as they are.
+    compute_dtype = torch.float64 if points.dtype == torch.float64 else torch.float32
+    points = points.reshape(-1, 2).to(compute_dtype)
     invalid = points.max(dim=1).values < 0
-    rows = torch.arange(height, dtype=torch.float32, device=points.device)
-    cols = torch.arange(width, dtype=torch.float32, device=points.device)
+    rows = torch.arange(height, dtype=torch.float32, device=points.device).to(compute_dtype)
+    cols = torch.arange(width, dtype=torch.float32, device=points.device).to(compute_dtype)
     scaled = points * spatial_scale
     denominator = norm_radius * spatial_scale
-    # Same operation order as the original (subtract, divide, square, add) so results agree to ~1 ulp.
-    row_term = ((rows[None, :] - scaled[:, :1]) / denominator) ** 2  # (P, H)
-    col_term = ((cols[None, :] - scaled[:, 1:]) / denominator) ** 2  # (P, W)
+    # Same operation order as the original (subtract, divide, square, add) so results agree bit for bit.
+    row_offsets = (rows[None, :] - scaled[:, :1]).to(torch.float32)  # (P, H)
+    col_offsets = (cols[None, :] - scaled[:, 1:]).to(torch.float32)  # (P, W)
+    row_term = (row_offsets / denominator) ** 2
+    col_term = (col_offsets / denominator) ** 2
     squared = row_term[:, :, None] + col_term[:, None, :]  # (P, H, W)
     squared[invalid] = _INVALID_DISTANCE_SQUARED
     squared = squared.view(batch * 2, num_points, height, width).min(dim=1).values
