@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -295,7 +294,3 @@ class Predictor:
         small_height, small_width = self._small_image.shape[2:]
         moved = [c.moved(small_height * c.y / height, small_width * c.x / width) for c in clicks]
         return self._small_image, moved
-
-    def __deepcopy__(self, memo):  # pragma: no cover - models are shared, never copied
-        clone = copy.copy(self)
-        return clone
