@@ -42,3 +42,19 @@ def _single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    """The 8-channel test model with seeded weights and non-trivial BatchNorm statistics, so that
+    predictions depend on the input."""
+    import fbrs
+
+    torch.manual_seed(0)
+    model = fbrs.build_model("tiny_test")
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    return model.eval()

@@ -4,25 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 import fbrs
 from fbrs.errors import InvalidClickError, InvalidImageError
 
 MODES = ["NoBRS", "RGB-BRS", "DistMap-BRS", "f-BRS-A", "f-BRS-B", "f-BRS-C"]
-
-
-@pytest.fixture(scope="module")
-def tiny_model():
-    torch.manual_seed(0)
-    model = fbrs.build_model("tiny_test")
-    # Non-trivial BatchNorm statistics so that predictions depend on the input.
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.1, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

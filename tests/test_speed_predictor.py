@@ -10,18 +10,6 @@ import fbrs
 
 
 @pytest.fixture(scope="module")
-def tiny_model():
-    torch.manual_seed(0)
-    model = fbrs.build_model("tiny_test")
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.1, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-    return model.eval()
-
-
-@pytest.fixture(scope="module")
 def image():
     rng = np.random.default_rng(0)
     picture = rng.integers(0, 60, size=(120, 160, 3), dtype=np.uint8)
