@@ -15,6 +15,20 @@ REFERENCE = SHARED / "reference"
 DATA = SHARED / "data"
 
 
+def copy_training_subset(data_dir: Path, set_name: str, stems: tuple[str, ...], destination: Path) -> Path:
+    """Copy a few images + masks of a shared training folder (`data_dir/train/set_name`) to `destination`."""
+    import shutil
+
+    source = data_dir / "train" / set_name
+    target = destination / set_name
+    for folder in ("images", "masks"):
+        (target / folder).mkdir(parents=True)
+    for stem in stems:
+        shutil.copy(source / "images" / f"{stem}.jpg", target / "images")
+        shutil.copy(source / "masks" / f"{stem}.png", target / "masks")
+    return target
+
+
 def require_shared(path: Path) -> Path:
     """Return `path` if it exists; otherwise skip (or fail under CI=true) with a clear reason."""
     if path.exists():

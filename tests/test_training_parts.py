@@ -27,6 +27,7 @@ from fbrs.training.data import (
 )
 from fbrs.training.losses import binary_cross_entropy, normalized_focal_loss
 from fbrs.training.pack import pack_training_data
+from tests.conftest import copy_training_subset
 
 REPO = Path(__file__).resolve().parents[1]
 COCO_IMAGES = ("000000000009", "000000000025", "000000000030", "000000000250")  # 000000000250 has no objects
@@ -35,14 +36,7 @@ COCO_IMAGES = ("000000000009", "000000000025", "000000000030", "000000000250")  
 @pytest.fixture(scope="module")
 def coco_folder(data_dir: Path, tmp_path_factory) -> Path:
     """A 4-image copy of the shared COCO training folder (one image with an empty mask)."""
-    source = data_dir / "train" / "coco_train2017"
-    target = tmp_path_factory.mktemp("shared_copy") / "coco_train2017"
-    for folder in ("images", "masks"):
-        (target / folder).mkdir(parents=True)
-    for stem in COCO_IMAGES:
-        shutil.copy(source / "images" / f"{stem}.jpg", target / "images")
-        shutil.copy(source / "masks" / f"{stem}.png", target / "masks")
-    return target
+    return copy_training_subset(data_dir, "coco_train2017", COCO_IMAGES, tmp_path_factory.mktemp("shared_copy"))
 
 
 def _instances(folder: Path, stem: str) -> np.ndarray:

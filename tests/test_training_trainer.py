@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from fbrs.models import load_model
 from fbrs.models.checkpoint import read_metadata
 from fbrs.training.config import load_config
 from fbrs.training.trainer import Trainer, learning_rate_factor
+from tests.conftest import copy_training_subset
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "configs" / "tiny_test.toml"
@@ -22,14 +22,7 @@ CCP_IMAGES = ("0001", "0003", "0005", "0007", "0009", "0011", "0013", "0015")
 
 @pytest.fixture(scope="module")
 def person_folder(data_dir: Path, tmp_path_factory) -> Path:
-    source = data_dir / "train" / "ccp_person"
-    target = tmp_path_factory.mktemp("shared_copy") / "ccp_person"
-    for folder in ("images", "masks"):
-        (target / folder).mkdir(parents=True)
-    for stem in CCP_IMAGES:
-        shutil.copy(source / "images" / f"{stem}.jpg", target / "images")
-        shutil.copy(source / "masks" / f"{stem}.png", target / "masks")
-    return target
+    return copy_training_subset(data_dir, "ccp_person", CCP_IMAGES, tmp_path_factory.mktemp("shared_copy"))
 
 
 def _config(folder: Path, output: Path, *overrides: str):
