@@ -51,7 +51,7 @@ def test_max_image_side_first_click_is_the_resized_prediction_resized_back(tiny_
     predictor.set_image(image)
     probs = predictor.add_click(60, 80, True)
     small = torch.nn.functional.interpolate(
-        fbrs.inference.predictor.normalise_image(image), size=(60, 80), mode="bilinear", align_corners=True
+        fbrs.inference.normalise.normalise_image(image), size=(60, 80), mode="bilinear", align_corners=True
     )
     small = torch.cat([small, torch.flip(small, dims=[3])])
     points = torch.tensor([[[30.0, 40.0], [-1, -1]], [[30.0, 80 - 40.0 - 1], [-1, -1]]])

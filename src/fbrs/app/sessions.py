@@ -48,10 +48,14 @@ class AppClick:
 
 @dataclass
 class _Step:
-    """What one click left behind, so undo and redo restore it without recomputing."""
+    """What one click left behind, so undo and redo restore it without recomputing.
+
+    `probabilities` is kept only while the step is the current one when the predictor can give it back
+    from `predictor_state` (the library's predictors store it packed: a 12-megapixel map would otherwise
+    cost 48 MB per click); otherwise (baselines without state) it is always kept."""
 
     click: AppClick
-    probabilities: np.ndarray
+    probabilities: np.ndarray | None
     predictor_state: Any
 
 
@@ -95,6 +99,22 @@ class AnnotationSession:
     def probabilities(self) -> np.ndarray | None:
         """(H, W) float32 probabilities of the current object, None before its first click."""
         return self._steps[-1].probabilities if self._steps else None
+
+    def _push_step(self, step: _Step) -> None:
+        """Make `step` the current one; the previous step's map is dropped when its state restores it."""
+        if self._steps:
+            self._drop_probabilities(self._steps[-1])
+        self._steps.append(step)
+
+    def _drop_probabilities(self, step: _Step) -> None:
+        if step.predictor_state is not None and hasattr(self._predictor, "probabilities"):
+            step.probabilities = None
+
+    def _restore_step(self, step: _Step) -> None:
+        """Put the predictor back into `step`'s state and make sure the step has its map (model lock held)."""
+        self._predictor.set_state(step.predictor_state)
+        if step.probabilities is None:
+            step.probabilities = np.asarray(self._predictor.probabilities, dtype=np.float32)
 
     def next_object_id(self) -> int:
         return max((item.object_id for item in self.objects), default=0) + 1
@@ -160,7 +180,7 @@ class AnnotationSession:
         if self._predictor is not None and self._predictor_settings == self.settings:
             self._predictor.reset()
         for click in clicks:
-            self._steps.append(self._predict_click(click))
+            self._push_step(self._predict_click(click))
 
     def _timed(self, action: Callable[[], Any]) -> Any:
         started = time.perf_counter()
@@ -179,7 +199,7 @@ class AnnotationSession:
             click = AppClick(float(x), float(y), bool(positive))
             self._validate_click(click)
             step = self._timed(lambda: self._predict_click(click))
-            self._steps.append(step)
+            self._push_step(step)
             self._redo.clear()
             self._changed()
             return step.probabilities
@@ -190,11 +210,13 @@ class AnnotationSession:
             if not self._steps:
                 raise AnnotationConflictError("nothing to undo: the current object has no clicks")
             started = time.perf_counter()
-            self._redo.append(self._steps.pop())
+            undone = self._steps.pop()
+            self._drop_probabilities(undone)
+            self._redo.append(undone)
             if self._predictor is not None:
                 with self.engine.model_lock:
                     if self._steps and self._steps[-1].predictor_state is not None:
-                        self._predictor.set_state(self._steps[-1].predictor_state)
+                        self._restore_step(self._steps[-1])
                     elif self._steps:
                         self._predictor.undo()
                     else:
@@ -211,11 +233,11 @@ class AnnotationSession:
             if step.predictor_state is not None and self._predictor is not None:
                 started = time.perf_counter()
                 with self.engine.model_lock:
-                    self._predictor.set_state(step.predictor_state)
+                    self._restore_step(step)
                 self.last_latency_ms = (time.perf_counter() - started) * 1000.0
             else:
                 step = self._timed(lambda: self._predict_click(step.click))
-            self._steps.append(step)
+            self._push_step(step)
             self._changed()
 
     def reset_object(self) -> None:

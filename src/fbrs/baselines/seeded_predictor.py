@@ -88,8 +88,11 @@ class SeededPredictor:
             )
         self._clicks.append(Click(y=y_value, x=x_value, is_positive=bool(positive)))
         probabilities = self._predict()
+        # Read-only, so the history, get_state and the caller share one array per click (as the
+        # learned Predictor does); .copy() it to modify it.
+        probabilities.flags.writeable = False
         self._history.append(probabilities)
-        return probabilities.copy()
+        return probabilities
 
     def undo(self) -> np.ndarray | None:
         """Remove the last click. Returns the (H, W) float32 map after the remaining clicks, or None
@@ -98,7 +101,7 @@ class SeededPredictor:
             return None
         self._clicks.pop()
         self._history.pop()
-        return self._history[-1].copy() if self._history else None
+        return self._history[-1] if self._history else None
 
     def reset(self) -> None:
         """Forget all clicks (the image stays)."""
@@ -112,13 +115,13 @@ class SeededPredictor:
 
     def get_state(self) -> dict[str, Any]:
         """Everything needed to return to this point later with set_state (same image)."""
-        return {"clicks": list(self._clicks), "history": [p.copy() for p in self._history]}
+        return {"clicks": list(self._clicks), "history": list(self._history)}  # read-only arrays, shared
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Restore a state from get_state (made on the current image)."""
         self._require_image()
         clicks = list(state["clicks"])
-        history = [np.asarray(p, dtype=np.float32).copy() for p in state["history"]]
+        history = [_read_only(np.asarray(p, dtype=np.float32)) for p in state["history"]]
         if len(history) != len(clicks):
             raise ValueError(f"state has {len(clicks)} clicks but {len(history)} stored predictions")
         if history and history[0].shape != self._image.shape[:2]:
@@ -170,3 +173,11 @@ def build_from_options(predictor_class: Callable[..., SeededPredictor], options:
     (zoom_in, with_flip, ...) are ignored, so one option set can drive every registered mode."""
     accepted = inspect.signature(predictor_class).parameters
     return predictor_class(**{key: value for key, value in options.items() if key in accepted})
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    """`array` itself when it is already read-only (shared safely), else a read-only copy."""
+    if array.flags.writeable:
+        array = array.copy()
+        array.flags.writeable = False
+    return array

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from fbrs.inference.bbox import Box, bbox_iou, clicks_inside_roi, object_roi
 from fbrs.inference.clicks import Click
+from fbrs.inference.normalise import normalise_tensor
 
 
 @dataclass(frozen=True)
@@ -30,12 +31,14 @@ class ZoomInConfig:
 
 
 def crop_and_resize(image: torch.Tensor, roi: Box, target_size: int) -> torch.Tensor:
-    """Crop (B,C,H,W) to the inclusive ROI and resize (bilinear, align_corners) to longer side target_size."""
+    """Crop (B,C,H,W) to the inclusive ROI and resize (bilinear, align_corners) to longer side target_size.
+
+    A uint8 image is normalised after cropping (see normalise_tensor: the same values as before)."""
     rmin, rmax, cmin, cmax = roi
     height, width = rmax - rmin + 1, cmax - cmin + 1
     scale = target_size / max(height, width)
     size = (int(round(height * scale)), int(round(width * scale)))
-    crop = image[:, :, rmin : rmax + 1, cmin : cmax + 1]
+    crop = normalise_tensor(image[:, :, rmin : rmax + 1, cmin : cmax + 1])
     return F.interpolate(crop, size=size, mode="bilinear", align_corners=True)
 
 
