@@ -209,3 +209,23 @@ def test_oracle_hook_reports_the_iou_after_refinement():
     assert result.ious == [pytest.approx(0.6)] * 3
     assert result.oracle_iou == 1.0
     assert result.to_record()["oracle_iou"] == 1.0
+
+
+def test_lbfgs_budget_option_reaches_the_predictor_and_is_recorded(tmp_path, monkeypatch):
+    import fbrs.inference
+
+    built = []
+    original = fbrs.inference.create_predictor
+
+    def recording_factory(mode, model=None, **options):
+        predictor = original(mode, model=model, **options)
+        built.append((mode, options.get("lbfgs_max_evaluations")))
+        return predictor
+
+    monkeypatch.setattr(fbrs.inference, "create_predictor", recording_factory)
+    dataset = make_dataset(tmp_path / "synth", 1)
+    run = tmp_path / "run"
+    assert main(evaluate_args(dataset, run, "--gallery", "0", "--lbfgs-max-evaluations", "5")) == 0
+    assert built and all(evaluations == 5 for _, evaluations in built)
+    assert json.loads((run / "config.json").read_text())["identity"]["predictor_options"]["lbfgs_max_evaluations"] == 5
+    assert main(evaluate_args(dataset, tmp_path / "bad", "--lbfgs-max-evaluations", "0")) == 2

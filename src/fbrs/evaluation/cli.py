@@ -43,6 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--clicks-limit", type=int, help="clicks passed to the network (default: per mode)")
     evaluate.add_argument("--no-flip", action="store_true", help="disable the horizontal-flip averaging")
     evaluate.add_argument(
+        "--lbfgs-max-evaluations", type=int, help="BRS modes: L-BFGS function evaluations per click (default 20)"
+    )
+    evaluate.add_argument(
         "--no-early-stop", action="store_true", help="always make --max-clicks clicks (full mIoU curves)"
     )
     evaluate.add_argument("--oracle", action="store_true", help="paper App. B: continue f-BRS with the GT as target")
@@ -96,6 +99,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         options["clicks_limit"] = args.clicks_limit
     if args.no_flip:
         options["with_flip"] = False
+    if args.lbfgs_max_evaluations is not None:
+        if args.lbfgs_max_evaluations < 1:
+            raise ConfigError(f"--lbfgs-max-evaluations must be >= 1, got {args.lbfgs_max_evaluations}")
+        options["lbfgs_max_evaluations"] = args.lbfgs_max_evaluations
     if args.threads is not None:
         if args.threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {args.threads}")
