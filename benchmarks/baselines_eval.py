@@ -72,14 +72,27 @@ def main() -> None:
     parser.add_argument("--target-iou", type=float, default=0.90)
     parser.add_argument("--limit", type=int, default=None, help="first N samples only (smoke runs)")
     parser.add_argument("--summary-only", action="store_true", help="only summarise the existing logs")
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="predictor option for every mode, e.g. border_background=false or max_side=null (ablations)",
+    )
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    options = _parse_options(args.option)
+    options_path = out / "options.json"
+    recorded = json.loads(options_path.read_text()) if options_path.exists() else {}
+    if any(out.glob("*.jsonl")) and recorded != options:
+        raise SystemExit(f"{out} was run with options {recorded}, not {options}: use another --out")
+    options_path.write_text(json.dumps(options))
     modes = args.modes.split(",")
     datasets = {name: load_dataset(name) for name in args.datasets.split(",")}
     counts = {name: len(d) if args.limit is None else min(args.limit, len(d)) for name, d in datasets.items()}
     records = {(mode, name): _read_log(out / f"{mode}__{name}.jsonl") for mode in modes for name in datasets}
-    predictors = {mode: PREDICTORS.get(mode)() for mode in modes}
+    predictors = {mode: PREDICTORS.get(mode)(**options) for mode in modes}
     for index in range(0 if args.summary_only else max(counts.values())):
         for name, dataset in datasets.items():
             if index >= counts[name]:
@@ -98,6 +111,19 @@ def main() -> None:
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     for key, row in summary.items():
         print(key, json.dumps(row))
+
+
+def _parse_options(items: list[str]) -> dict:
+    options = {}
+    for item in items:
+        key, separator, value = item.partition("=")
+        if not separator:
+            raise SystemExit(f"--option needs KEY=VALUE, got {item!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            raise SystemExit(f"--option {key}: {value!r} is not a JSON value (true, false, null, 320, ...)") from None
+    return options
 
 
 def _read_log(path: Path) -> list[dict]:

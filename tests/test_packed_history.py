@@ -3,35 +3,28 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 import fbrs
 from fbrs.app.engine import PredictionEngine, PredictorSettings
 from fbrs.app.sessions import AnnotationSession
-from fbrs.inference.packed import PackedMap, pack, unpack
+from fbrs.inference.packed import UpsampledMap, unpack, upsample_into
 
 
-def test_pack_keeps_the_non_zero_box_and_unpacks_bit_exactly():
-    rng = np.random.default_rng(0)
-    full = np.zeros((300, 400), dtype=np.float32)
-    full[40:90, 100:220] = rng.random((50, 120), dtype=np.float32)
-    full[40, 100] = 0.0  # zeros inside the box are kept as values, the box stays the same
-    packed = pack(full)
-    assert isinstance(packed, PackedMap)
-    assert (packed.top, packed.left, packed.values.shape) == (40, 100, (50, 120))
-    assert packed.nbytes == 50 * 120 * 4
-    restored = unpack(packed)
-    assert restored.dtype == np.float32 and not restored.flags.writeable
-    np.testing.assert_array_equal(restored, full)
-
-
-def test_pack_leaves_dense_maps_shared_and_handles_empty_maps():
-    dense = np.full((64, 64), 0.25, dtype=np.float32)
-    assert pack(dense) is dense
-    empty = np.zeros((64, 64), dtype=np.float32)
-    packed = pack(empty)
-    assert isinstance(packed, PackedMap) and packed.values.size == 0
-    np.testing.assert_array_equal(unpack(packed), empty)
-    assert unpack(None) is None
+def test_upsampled_map_repeats_the_resize_into_its_box():
+    source = torch.rand((1, 1, 20, 30), generator=torch.Generator().manual_seed(0))
+    stored = UpsampledMap((300, 400), (40, 89, 100, 219), source)
+    assert stored.nbytes == 20 * 30 * 4
+    full = stored.unpack()
+    assert full.shape == (300, 400) and full.dtype == np.float32 and not full.flags.writeable
+    expected = torch.nn.functional.interpolate(source, size=(50, 120), mode="bilinear", align_corners=True)
+    np.testing.assert_array_equal(full[40:90, 100:220], expected[0, 0].numpy())
+    full_copy = full.copy()
+    full_copy[40:90, 100:220] = 0
+    assert not full_copy.any()
+    whole = UpsampledMap((60, 90), None, source).unpack()
+    np.testing.assert_array_equal(whole, upsample_into(source, (60, 90))[0, 0].numpy())
+    assert unpack(None) is None and unpack(full) is full
 
 
 CANVAS_SHAPE = (300, 400)
@@ -57,8 +50,8 @@ def test_predictor_history_is_packed_after_zoom_in_and_undo_is_exact(tiny_model)
     maps = [predictor.add_click(*click).copy() for click in CLICKS[1:]]
     assert predictor.zoom_in.applied
     stored = predictor.get_state()["probabilities"]
-    assert isinstance(stored, PackedMap)
-    assert stored.nbytes < 0.5 * maps[-1].nbytes
+    assert isinstance(stored, UpsampledMap) and stored.box == predictor.zoom_in.roi
+    assert stored.nbytes < 0.1 * maps[-1].nbytes
     np.testing.assert_array_equal(predictor.undo(), maps[0])
     # The restored Zoom-In state gives the same next prediction as the first time.
     np.testing.assert_array_equal(predictor.add_click(*CLICKS[2]), maps[1])

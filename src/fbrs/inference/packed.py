@@ -1,8 +1,10 @@
-"""Probability maps stored as their non-zero box: the undo history of a large image without a full copy per click.
+"""Probability maps stored as what they were made from: the undo history of a large image without a full copy
+per click.
 
-After Zoom-In a probability map is exactly zero outside the crop it was pasted into, so a 12-megapixel map
-(48 MB as float32) is kept as the few megabytes of its non-zero bounding box. Packing is lossless: `unpack`
-returns an array equal, bit for bit, to the one packed.
+A map of a large image is the network's small output resized into the image: into the Zoom-In crop (zero
+outside it) or, for the whole-image pass of a huge image, over all of it (`Predictor(max_image_side=...)`).
+The history keeps that small output (a 400 px crop: 0.6 MB instead of 48 MB for a 12-megapixel image) and
+`unpack` repeats the very same resize, so the map it returns is bit for bit the one the predictor returned.
 """
 
 from __future__ import annotations
@@ -10,53 +12,45 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
-# Below this fraction of the image the box is stored; a dense map (e.g. the first click's whole-image
-# prediction, where the sigmoid is never exactly 0) stays one array and is shared, not copied.
-_PACK_BELOW_FRACTION = 0.5
+Box = tuple[int, int, int, int]  # inclusive (rmin, rmax, cmin, cmax)
+
+
+def upsample_into(source: torch.Tensor, shape: tuple[int, int], box: Box | None = None) -> torch.Tensor:
+    """source (1, 1, h, w) -> (1, 1, H, W) on the CPU: bilinear (align_corners) resize to `shape`, or into the
+    inclusive `box` with zeros elsewhere. The one resize of the predictor's output, shared by `UpsampledMap`."""
+    if box is None:
+        return F.interpolate(source, size=shape, mode="bilinear", align_corners=True).cpu()
+    rmin, rmax, cmin, cmax = box
+    resized = F.interpolate(source, size=(rmax - rmin + 1, cmax - cmin + 1), mode="bilinear", align_corners=True)
+    full = torch.zeros((1, 1, *shape), dtype=resized.dtype)
+    full[:, :, rmin : rmax + 1, cmin : cmax + 1] = resized.cpu()
+    return full
 
 
 @dataclass(frozen=True, eq=False)
-class PackedMap:
-    """A (height, width) map that is zero outside rows [top, bottom) and columns [left, right)."""
+class UpsampledMap:
+    """A (H, W) map stored as `upsample_into(source, shape, box)`; source (1, 1, h, w) is never modified."""
 
     shape: tuple[int, int]
-    top: int
-    left: int
-    values: np.ndarray  # (bottom - top, right - left), read-only
+    box: Box | None
+    source: torch.Tensor
 
     @property
     def nbytes(self) -> int:
-        return int(self.values.nbytes)
+        return int(self.source.numel() * self.source.element_size())
 
     def unpack(self) -> np.ndarray:
-        """The full (height, width) map as a new read-only array."""
-        full = np.zeros(self.shape, dtype=self.values.dtype)
-        rows, cols = self.values.shape
-        full[self.top : self.top + rows, self.left : self.left + cols] = self.values
+        """The full (H, W) float32 map as a new read-only array."""
+        full = upsample_into(self.source, self.shape, self.box)[0, 0].numpy().astype(np.float32, copy=False)
         full.flags.writeable = False
         return full
 
 
-def pack(array: np.ndarray) -> np.ndarray | PackedMap:
-    """A 2-D map -> PackedMap when its non-zero box covers under half of it, else the array itself."""
-    if array.ndim != 2 or array.size == 0:
-        return array
-    row_hits = np.flatnonzero(array.any(axis=1))
-    if row_hits.size == 0:
-        top, bottom, left, right = 0, 0, 0, 0
-    else:
-        col_hits = np.flatnonzero(array[row_hits[0] : row_hits[-1] + 1].any(axis=0))
-        top, bottom, left, right = int(row_hits[0]), int(row_hits[-1]) + 1, int(col_hits[0]), int(col_hits[-1]) + 1
-    if (bottom - top) * (right - left) >= _PACK_BELOW_FRACTION * array.size:
-        return array
-    values = array[top:bottom, left:right].copy()
-    values.flags.writeable = False
-    return PackedMap((int(array.shape[0]), int(array.shape[1])), top, left, values)
-
-
-def unpack(stored: np.ndarray | PackedMap | None) -> np.ndarray | None:
-    """Inverse of `pack` (None stays None; a plain array is returned as it is)."""
-    if isinstance(stored, PackedMap):
+def unpack(stored: np.ndarray | UpsampledMap | None) -> np.ndarray | None:
+    """The full map of a stored one (None stays None; a plain array is returned as it is)."""
+    if isinstance(stored, UpsampledMap):
         return stored.unpack()
     return stored

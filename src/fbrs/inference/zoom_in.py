@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from fbrs.inference.bbox import Box, bbox_iou, clicks_inside_roi, object_roi
 from fbrs.inference.clicks import Click
 from fbrs.inference.normalise import normalise_tensor
+from fbrs.inference.packed import upsample_into
 
 
 @dataclass(frozen=True)
@@ -85,10 +86,7 @@ class ZoomIn:
     def inverse(self, probs: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
         """probs (1,1,h,w) on the network input -> (1,1,H,W) on the full image (zero outside the ROI)."""
         if self._applied:
-            rmin, rmax, cmin, cmax = self.roi
-            resized = F.interpolate(probs, size=(rmax - rmin + 1, cmax - cmin + 1), mode="bilinear", align_corners=True)
-            probs = torch.zeros((1, 1, *image_size), dtype=resized.dtype)
-            probs[:, :, rmin : rmax + 1, cmin : cmax + 1] = resized
+            probs = upsample_into(probs, image_size, self.roi)
         self._previous_probs = probs[0, 0].numpy()
         return probs
 
