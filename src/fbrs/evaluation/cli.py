@@ -43,6 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--clicks-limit", type=int, help="clicks passed to the network (default: per mode)")
     evaluate.add_argument("--no-flip", action="store_true", help="disable the horizontal-flip averaging")
     evaluate.add_argument(
+        "--max-image-side",
+        type=int,
+        help="run the whole-image pass (first click; every click without Zoom-In) on a copy with this longer side",
+    )
+    evaluate.add_argument(
         "--lbfgs-max-evaluations", type=int, help="BRS modes: L-BFGS function evaluations per click (default 20)"
     )
     evaluate.add_argument(
@@ -99,6 +104,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         options["clicks_limit"] = args.clicks_limit
     if args.no_flip:
         options["with_flip"] = False
+    if args.max_image_side is not None:
+        if args.max_image_side < 16:
+            raise ConfigError(f"--max-image-side must be >= 16 pixels, got {args.max_image_side}")
+        options["max_image_side"] = args.max_image_side
     if args.lbfgs_max_evaluations is not None:
         if args.lbfgs_max_evaluations < 1:
             raise ConfigError(f"--lbfgs-max-evaluations must be >= 1, got {args.lbfgs_max_evaluations}")
