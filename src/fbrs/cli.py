@@ -12,7 +12,7 @@ from fbrs.errors import FbrsError
 
 # Order = order in `fbrs --help`.
 COMMAND_MODULES = (
-    "fbrs.inference.cli",  # predict, convert, models, demo
+    "fbrs.inference.cli",  # predict, convert, export-onnx, models, demo
     "fbrs.evaluation.cli",  # evaluate, report, bench
     "fbrs.training.cli",  # train, pack-data
     "fbrs.app.cli",  # app

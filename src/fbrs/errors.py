@@ -23,3 +23,7 @@ class DatasetError(FbrsError):
 
 class ConfigError(FbrsError, ValueError):
     """A configuration file or override is invalid."""
+
+
+class MissingDependencyError(FbrsError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install (e.g. fbrs[onnx])."""

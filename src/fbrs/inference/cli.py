@@ -1,4 +1,4 @@
-"""Sub-commands `fbrs predict`, `fbrs convert`, `fbrs models` and `fbrs demo`."""
+"""Sub-commands `fbrs predict`, `fbrs convert`, `fbrs export-onnx`, `fbrs models` and `fbrs demo`."""
 
 from __future__ import annotations
 
@@ -87,6 +87,42 @@ def run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_export_onnx(args: argparse.Namespace) -> int:
+    """Export the requested parts of a model to ONNX; check each file against torch when onnxruntime is there."""
+    import importlib.util
+
+    import torch
+
+    from fbrs.errors import ConfigError
+    from fbrs.models.onnx_export import PARTS, export_onnx, max_difference, output_paths, require_modules
+
+    # Fail before loading the model and tracing (slow) when the exporter's dependencies are missing.
+    require_modules("onnx", "onnxscript")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    requested = args.part or ["full"]
+    parts = list(PARTS) if "all" in requested else list(dict.fromkeys(requested))
+    try:
+        height, width = (int(side) for side in args.example_size.split(","))
+    except ValueError:
+        raise ConfigError(f"--example-size must be H,W (two integers), got {args.example_size!r}") from None
+    if Path(args.output).is_dir():
+        raise ConfigError(f"-o {args.output} is a folder: give the .onnx file to write")
+    model = _load_model_arg(args.model)
+    check = args.check and importlib.util.find_spec("onnxruntime") is not None
+    for part, path in output_paths(args.output, parts).items():
+        started = time.perf_counter()
+        export_onnx(model, path, part, example_size=(height, width))
+        line = f"{path}: {model.config.name}, part {part}, dynamic batch/height/width"
+        line += f", {path.stat().st_size / 2**20:.1f} MiB, {time.perf_counter() - started:.0f} s"
+        if check:
+            line += f"; onnxruntime vs torch max |diff| {max_difference(model, path):.2e}"
+        print(line)
+    if args.check and not check:
+        print("onnxruntime is not installed: the files were not checked (pip install 'fbrs[onnx]')")
+    return 0
+
+
 def run_models(args: argparse.Namespace) -> int:
     from fbrs.inference import available_modes
     from fbrs.models import DEFAULT_MODEL_PATH, list_models
@@ -149,6 +185,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     convert.add_argument("destination")
     convert.add_argument("--float16", action="store_true", help="store weights as float16 (half the size)")
     convert.set_defaults(handler=run_convert)
+
+    export = subparsers.add_parser(
+        "export-onnx",
+        help="export the feed-forward part of a model to ONNX (needs fbrs[onnx])",
+        description="Export the network from the fusion conv on (inputs: the normalised image and the click "
+        "distance maps) to ONNX, with dynamic batch/height/width. --part full is the whole NoBRS pass; an "
+        "f-BRS insertion point (after_backbone, after_aspp, after_decoder) exports the part before it, for "
+        "Predictor(backend='onnx') with the BRS head in torch. With several parts, -o OUT.onnx writes "
+        "OUT.<part>.onnx for each. Example: fbrs export-onnx --part full --part after_aspp -o default.onnx",
+    )
+    export.add_argument("--model", help="model file (.safetensors or original f-BRS .pth); default: bundled model")
+    export.add_argument("-o", "--output", required=True, help="the .onnx file to write (atomically)")
+    export.add_argument(
+        "--part",
+        action="append",
+        # = fbrs.models.onnx_export.PARTS + "all", spelled out: importing it here would import torch for --help.
+        choices=["full", "after_backbone", "after_aspp", "after_decoder", "all"],
+        help="what to export (repeatable; default full)",
+    )
+    export.add_argument(
+        "--example-size", default="320,288", metavar="H,W", help="size of the tracing input (the result is dynamic)"
+    )
+    export.add_argument(
+        "--check",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="compare each file with torch on a random input (needs onnxruntime)",
+    )
+    export.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    export.set_defaults(handler=run_export_onnx)
 
     models = subparsers.add_parser("models", help="list model architectures and predictor modes")
     models.set_defaults(handler=run_models)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -17,6 +18,9 @@ from fbrs.inference.clicks import Click
 from fbrs.inference.modes import MODES
 from fbrs.inference.zoom_in import ZoomIn, ZoomInConfig
 from fbrs.models.interactive_model import InteractiveModel
+
+if TYPE_CHECKING:
+    from fbrs.inference.onnx_backend import OnnxBackend
 
 _UNSET: Any = object()
 
@@ -53,6 +57,11 @@ class Predictor:
             zoom_in=False) and its longer side exceeds this, resize it to this longer side first and the
             probabilities back (bilinear, as Zoom-In does for crops). Bounds time and memory on huge images
             (a 4000x3000 photo needs over 6 GB without it). None (default) = the original behaviour.
+        backend: "torch" (default) or "onnx": run the feed-forward part (NoBRS: the whole pass; f-BRS: the
+            network up to the insertion point) in ONNX Runtime from the files of `fbrs export-onnx`; the
+            layers BRS differentiates stay in torch. An `fbrs.inference.onnx_backend.OnnxBackend` may be
+            given instead (to share its sessions between predictors). Not for RGB-BRS / DistMap-BRS.
+        onnx_files: with backend="onnx", the .onnx file(s) exported from this very model.
     """
 
     def __init__(
@@ -69,6 +78,8 @@ class Predictor:
         max_clicks: int | None = None,
         device: str | torch.device | None = None,
         max_image_side: int | None = None,
+        backend: str | OnnxBackend = "torch",
+        onnx_files: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; available: {', '.join(MODES)}")
@@ -85,6 +96,14 @@ class Predictor:
         self._small_image: torch.Tensor | None = None  # the image resized to max_image_side, made on demand
         self.clicks_limit = spec.clicks_limit if clicks_limit is _UNSET else clicks_limit
         self.zoom_in = ZoomIn(ZoomInConfig(zoom_in_target_size, zoom_in_skip_clicks)) if zoom_in else None
+        # What the refiner calls: the model itself, or a stand-in running its feed-forward part in ONNX Runtime.
+        self._network: Any = self.model
+        self.backend = "torch"
+        if not (isinstance(backend, str) and backend == "torch" and onnx_files is None):
+            from fbrs.inference.onnx_backend import accelerated_model
+
+            self._network = accelerated_model(self.model, spec, backend, onnx_files, self.device)
+            self.backend = "onnx"
         config = BRSConfig(
             lbfgs=LBFGSConfig(maxfun=lbfgs_max_evaluations, maxiter=2 * lbfgs_max_evaluations),
             prob_threshold=prob_threshold,
@@ -271,7 +290,7 @@ class Predictor:
             width = image.shape[3]
             image = torch.cat([image, torch.flip(image, dims=[3])], dim=0)
             clicks_lists.append([click.moved(click.y, width - click.x - 1) for click in clicks])
-        logits = self.refiner.predict(self.model, image, clicks_lists, image_changed)
+        logits = self.refiner.predict(self._network, image, clicks_lists, image_changed)
         with torch.no_grad():
             if self.with_flip:
                 # The original averages the flips on logits, before the sigmoid.

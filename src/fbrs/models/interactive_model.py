@@ -144,7 +144,14 @@ class InteractiveModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Run the network up to `insertion`. Returns (features, skip) where skip is the projected
         low-level feature map needed after the backbone insertion (None otherwise)."""
-        x = self.fuse(image, self.dist_maps(image, points))
+        return self.features_from_maps(insertion, image, self.dist_maps(image, points))
+
+    def features_from_maps(
+        self, insertion: str, image: torch.Tensor, coord_features: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`features_at` with the (B,2,H,W) distance maps given: the part an ONNX export holds (the maps,
+        which depend on the number of clicks, stay in torch)."""
+        x = self.fuse(image, coord_features)
         if insertion == "after_decoder":
             return self.feature_extractor(x), None
         c1, c4 = self.feature_extractor.encode(x)

@@ -1,0 +1,167 @@
+"""Seconds per click with the torch and the ONNX Runtime backends, interleaved in one run (issue #7).
+
+    nice .venv/bin/python benchmarks/onnx_ab.py --threads 1 --crop-size 400 --clicks 6 --repeats 2 \
+        --onnx-dir work/onnx --out benchmarks/results/onnx_default.md
+
+For every mode (NoBRS and f-BRS-B by default) a torch predictor and an ONNX predictor
+(`Predictor(backend=OnnxBackend)`) run the same robot click sequence on the synthetic image of `fbrs bench`
+(crop_size x crop_size, Zoom-In off, flip TTA on); the four variants rotate their order every repeat so that
+the load of a shared machine hits them alike. Reported: median seconds per click over clicks 2..N (the first
+click is a plain forward pass in every mode and is reported apart), the ratio torch / ONNX, L-BFGS
+evaluations per click, and how far the ONNX predictions are from the torch ones (max |diff| of the
+probabilities, pixels whose mask differs). The .onnx files (parts `full` and the f-BRS insertion points the
+modes need) are exported into --onnx-dir unless files of the same model are already there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fbrs.errors import CheckpointError, ConfigError
+from fbrs.evaluation.bench import _device_name, synthetic_scene
+from fbrs.evaluation.reports import _model_label
+from fbrs.evaluation.robot import ClickRobot
+from fbrs.evaluation.runner import load_model_for_evaluation
+from fbrs.inference.modes import MODES
+from fbrs.inference.onnx_backend import OnnxBackend
+from fbrs.inference.predictor import Predictor
+from fbrs.io_utils import write_text_atomic
+from fbrs.models.onnx_export import export_onnx
+
+
+def onnx_files(model, modes: list[str], folder: Path) -> tuple[list[Path], dict[str, float]]:
+    """The files the modes need: found in `folder` (any .onnx of the right part exported from these
+    weights, e.g. by `fbrs export-onnx`) or exported there -> (paths, export seconds per part)."""
+    parts = ["full" if MODES[mode].refiner == "none" else MODES[mode].target for mode in modes]
+    found: dict[str, Path] = {}
+    for path in sorted(folder.glob("*.onnx")):
+        try:
+            (part,) = OnnxBackend(model, [path], threads=1).parts
+        except (CheckpointError, ConfigError):
+            continue
+        found.setdefault(part, path)
+    export_seconds = {}
+    for part in dict.fromkeys(parts):
+        if part not in found:
+            started = time.perf_counter()
+            found[part] = export_onnx(model, folder / f"{model.config.name}.{part}.onnx", part)
+            export_seconds[part] = time.perf_counter() - started
+    return [found[part] for part in dict.fromkeys(parts)], export_seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="checkpoint or architecture name; default: the bundled model")
+    parser.add_argument("--modes", default="NoBRS,f-BRS-B")
+    parser.add_argument("--crop-size", type=int, default=400)
+    parser.add_argument("--clicks", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--onnx-dir", type=Path, default=Path("work/onnx"))
+    parser.add_argument("--out", type=Path, help="write a Markdown report here (and the raw numbers as .json)")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
+    model, description = load_model_for_evaluation(args.model)
+    paths, export_seconds = onnx_files(model, modes, args.onnx_dir)
+    backend = OnnxBackend(model, paths, threads=args.threads)  # shared: sessions are built once
+    image, mask = synthetic_scene(args.crop_size)
+
+    # The robot's clicks against torch NoBRS, as `fbrs bench` places them.
+    reference = Predictor(model, mode="NoBRS", zoom_in=False)
+    reference.set_image(image)
+    robot, prediction = ClickRobot(mask), np.zeros_like(mask)
+    for _ in range(args.clicks):
+        click = robot.next_click(prediction)
+        prediction = reference.add_click(click.y, click.x, click.positive) > 0.49
+    clicks = list(robot.clicks)
+
+    variants = [(mode, name) for mode in modes for name in ("torch", "onnx")]
+    times = {variant: [] for variant in variants}
+    first = {variant: [] for variant in variants}
+    evaluations = {variant: [] for variant in variants}
+    probabilities = {variant: [] for variant in variants}  # per click, from the warm-up round
+    for repeat in range(args.repeats + 1):  # repeat 0 warms up (and records the predictions)
+        shift = repeat % len(variants)
+        for variant in variants[shift:] + variants[:shift]:
+            mode, name = variant
+            predictor = Predictor(model, mode=mode, zoom_in=False, backend="torch" if name == "torch" else backend)
+            predictor.set_image(image)
+            for index, click in enumerate(clicks):
+                start = time.perf_counter()
+                probs = predictor.add_click(click.y, click.x, click.positive)
+                elapsed = time.perf_counter() - start
+                if repeat == 0:
+                    probabilities[variant].append(probs)
+                elif index == 0:
+                    first[variant].append(elapsed)
+                else:
+                    times[variant].append(elapsed)
+                    evaluations[variant].append(len(predictor.refiner.last_loss_values))
+
+    rows, summary = [], {}
+    for mode in modes:
+        torch_median = float(np.median(times[(mode, "torch")]))
+        onnx_median = float(np.median(times[(mode, "onnx")]))
+        pairs = zip(probabilities[(mode, "torch")], probabilities[(mode, "onnx")], strict=True)
+        diffs = [(float(np.abs(a - b).max()), int(((a > 0.49) != (b > 0.49)).sum())) for a, b in pairs]
+        summary[mode] = {
+            "torch_median_spc": torch_median,
+            "onnx_median_spc": onnx_median,
+            "torch_over_onnx": torch_median / onnx_median,
+            "torch_first_click": float(np.median(first[(mode, "torch")])),
+            "onnx_first_click": float(np.median(first[(mode, "onnx")])),
+            "torch_evaluations_per_click": float(np.mean(evaluations[(mode, "torch")])),
+            "onnx_evaluations_per_click": float(np.mean(evaluations[(mode, "onnx")])),
+            "max_abs_prob_diff": max(d for d, _ in diffs),
+            "max_mask_pixels_differing": max(n for _, n in diffs),
+        }
+        entry = summary[mode]
+        rows.append(
+            f"| {mode} | {torch_median:.3f} | {onnx_median:.3f} | **x{entry['torch_over_onnx']:.2f}** | "
+            f"{entry['torch_first_click']:.3f} / {entry['onnx_first_click']:.3f} | "
+            f"{entry['torch_evaluations_per_click']:.1f} / {entry['onnx_evaluations_per_click']:.1f} | "
+            f"{entry['max_abs_prob_diff']:.1e} | {entry['max_mask_pixels_differing']} |"
+        )
+    import onnxruntime
+
+    device = _device_name(torch.device("cpu"))
+    header = (
+        f"Model: {_model_label(description)}. Image {args.crop_size}x{args.crop_size} (Zoom-In off), flip on, "
+        f"{args.clicks} robot clicks x {args.repeats} repeats per variant (after a warm-up), variants interleaved. "
+        f"{device}, {args.threads} thread(s), torch {torch.__version__}, onnxruntime {onnxruntime.__version__}. "
+        f"{time.strftime('%Y-%m-%dT%H:%M:%S')}."
+    )
+    table = "\n".join(
+        [
+            "| mode | torch, s/click | onnx, s/click | torch / onnx | 1st click torch / onnx, s | "
+            "L-BFGS evals/click torch / onnx | max abs prob diff | mask pixels differing (of "
+            f"{args.crop_size**2}) |",
+            "|---|---|---|---|---|---|---|---|",
+            *rows,
+        ]
+    )
+    exported = ", ".join(f"{part} {seconds:.0f} s" for part, seconds in export_seconds.items()) or "reused"
+    report = f"{header}\n\n{table}\n\nMedian seconds per click over clicks 2..N. Export: {exported}.\n"
+    print(report)
+    if args.out:
+        write_text_atomic(args.out, "# torch vs ONNX Runtime backend\n\n" + report)
+        raw = {
+            "args": {key: str(value) for key, value in vars(args).items()},
+            "model": description,
+            "summary": summary,
+            "times": {f"{mode}/{name}": values for (mode, name), values in times.items()},
+            "export_seconds": export_seconds,
+        }
+        write_text_atomic(args.out.with_suffix(".json"), json.dumps(raw, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
