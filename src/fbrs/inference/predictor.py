@@ -11,11 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from fbrs.errors import InvalidClickError, InvalidImageError
-from fbrs.images import IMAGENET_MEAN, IMAGENET_STD, as_rgb_uint8
+from fbrs.images import as_rgb_uint8
 from fbrs.inference.brs.objective import BRSConfig, LBFGSConfig
 from fbrs.inference.brs.refiners import FeatureBRS, InputBRS, NoRefinement, Refiner
 from fbrs.inference.clicks import Click
 from fbrs.inference.modes import MODES
+from fbrs.inference.normalise import normalise_tensor
+from fbrs.inference.packed import UpsampledMap, unpack, upsample_into
 from fbrs.inference.zoom_in import ZoomIn, ZoomInConfig
 from fbrs.models.interactive_model import InteractiveModel
 
@@ -23,14 +25,7 @@ if TYPE_CHECKING:
     from fbrs.inference.onnx_backend import OnnxBackend
 
 _UNSET: Any = object()
-
-
-def normalise_image(image: np.ndarray) -> torch.Tensor:
-    """(H,W,3) uint8 -> (1,3,H,W) float32: /255 then ImageNet mean/std (the original ToTensor+Normalize)."""
-    tensor = torch.from_numpy(image).permute(2, 0, 1).float().div(255)
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return ((tensor - mean) / std)[None]
+_SAME_AS_PROBABILITIES = "same-as-probabilities"
 
 
 class Predictor:
@@ -120,6 +115,8 @@ class Predictor:
         self._clicks: list[Click] = []
         self._probabilities: np.ndarray | None = None
         self._history: list[dict[str, Any]] = []
+        # (map, how the history stores it): the map's UpsampledMap when it was resized from a smaller output.
+        self._packed: tuple[np.ndarray, np.ndarray | UpsampledMap] | None = None
 
     # -- public surface ---------------------------------------------------------------------------
     def set_image(self, image: np.ndarray) -> None:
@@ -127,7 +124,8 @@ class Predictor:
 
         Forgets all clicks."""
         self._image = as_rgb_uint8(image)
-        self._image_tensor = normalise_image(self._image).to(self.device)
+        # (1, 3, H, W) uint8 view of the image: normalised per crop, see normalise_tensor.
+        self._image_tensor = torch.from_numpy(self._image).permute(2, 0, 1)[None].to(self.device)
         self._small_image = None
         self.reset()
 
@@ -169,7 +167,8 @@ class Predictor:
             raise InvalidClickError(f"click limit reached: at most {self.max_clicks} clicks per object")
         self._history.append(self.get_state())
         self._clicks.append(Click(y, x, bool(positive)))
-        probabilities = self._predict()
+        probabilities, stored = self._predict()
+        self._packed = (probabilities, stored if stored is not None else probabilities)
         probabilities.flags.writeable = False
         self._probabilities = probabilities
         return probabilities
@@ -193,22 +192,36 @@ class Predictor:
     def get_state(self) -> dict[str, Any]:
         """Everything that determines future predictions; `set_state` restores it exactly.
 
-        Arrays and tensors are shared, not copied: none of them is ever modified in place."""
+        Arrays and tensors are shared, not copied: none of them is ever modified in place. The probability
+        map is stored as its non-zero box when that is small (after Zoom-In), see fbrs.inference.packed."""
+        zoom_state = None if self.zoom_in is None else self.zoom_in.get_state()
+        if (
+            zoom_state is not None
+            and zoom_state["previous_probs"] is not None
+            and self._probabilities is not None
+            and np.may_share_memory(zoom_state["previous_probs"], self._probabilities)
+        ):
+            # Zoom-In keeps the very map the predictor returned: store it once.
+            zoom_state = {**zoom_state, "previous_probs": _SAME_AS_PROBABILITIES}
         return {
             "clicks": list(self._clicks),
-            "probabilities": self._probabilities,
+            "probabilities": self._packed_probabilities(),
             "refiner": self.refiner.get_state(),
-            "zoom_in": None if self.zoom_in is None else self.zoom_in.get_state(),
+            "zoom_in": zoom_state,
             "history_length": len(self._history),
         }
 
     def set_state(self, state: dict[str, Any], keep_history: bool = False) -> None:
         self._require_image()
         self._clicks = list(state["clicks"])
-        self._probabilities = state["probabilities"]
+        self._probabilities = unpack(state["probabilities"])
+        self._packed = None if self._probabilities is None else (self._probabilities, state["probabilities"])
         self.refiner.set_state(state["refiner"])
         if self.zoom_in is not None and state["zoom_in"] is not None:
-            self.zoom_in.set_state(state["zoom_in"])
+            zoom_state = state["zoom_in"]
+            if isinstance(zoom_state["previous_probs"], str):  # _SAME_AS_PROBABILITIES
+                zoom_state = {**zoom_state, "previous_probs": self._probabilities}
+            self.zoom_in.set_state(zoom_state)
         elif self.zoom_in is not None:
             self.zoom_in.reset()
         if not keep_history:
@@ -261,6 +274,12 @@ class Predictor:
         return oracle_refine(self, gt_mask, ignore_mask)
 
     # -- internals --------------------------------------------------------------------------------
+    def _packed_probabilities(self) -> np.ndarray | UpsampledMap | None:
+        """The current map as the history stores it (see fbrs.inference.packed)."""
+        if self._packed is not None and self._packed[0] is self._probabilities:
+            return self._packed[1]
+        return self._probabilities
+
     def _require_image(self) -> None:
         if self._image is None:
             raise InvalidImageError("no image set: call set_image(image) first")
@@ -274,7 +293,8 @@ class Predictor:
             for click, (y, x), label in zip(clicks, points, labels, strict=False)
         )
 
-    def _predict(self) -> np.ndarray:
+    def _predict(self) -> tuple[np.ndarray, UpsampledMap | None]:
+        """The (H, W) float32 map of the current clicks, and its UpsampledMap when that is smaller."""
         image = self._image_tensor
         clicks = self._clicks
         image_changed = False
@@ -285,6 +305,7 @@ class Predictor:
         resized = whole_image and self.max_image_side is not None and max(self.image_size) > self.max_image_side
         if resized:
             image, clicks = self._resized_input(clicks)
+        image = normalise_tensor(image)
         clicks_lists = [clicks]
         if self.with_flip:
             width = image.shape[3]
@@ -295,12 +316,16 @@ class Predictor:
             if self.with_flip:
                 # The original averages the flips on logits, before the sigmoid.
                 logits = 0.5 * (logits[:1] + torch.flip(logits[1:], dims=[3]))
-            probs = torch.sigmoid(logits)
+            network_probs = probs = torch.sigmoid(logits)
             if resized:
-                probs = F.interpolate(probs, size=self.image_size, mode="bilinear", align_corners=True)
+                probs = upsample_into(probs, self.image_size)
             if self.zoom_in is not None:
                 probs = self.zoom_in.inverse(probs, self.image_size)
-        return probs[0, 0].cpu().numpy().astype(np.float32, copy=False)
+        full = probs[0, 0].cpu().numpy().astype(np.float32, copy=False)
+        stored = None
+        if network_probs.numel() < full.size and (resized or (self.zoom_in is not None and self.zoom_in.applied)):
+            stored = UpsampledMap(self.image_size, None if resized else self.zoom_in.roi, network_probs)
+        return full, stored
 
     def _resized_input(self, clicks: Sequence[Click]) -> tuple[torch.Tensor, list[Click]]:
         """The whole image with its longer side = max_image_side, and the clicks mapped onto it (the
@@ -309,7 +334,9 @@ class Predictor:
         if self._small_image is None:
             scale = self.max_image_side / max(height, width)
             size = (max(1, int(round(height * scale))), max(1, int(round(width * scale))))
-            self._small_image = F.interpolate(self._image_tensor, size=size, mode="bilinear", align_corners=True)
+            self._small_image = F.interpolate(
+                normalise_tensor(self._image_tensor), size=size, mode="bilinear", align_corners=True
+            )
         small_height, small_width = self._small_image.shape[2:]
         moved = [c.moved(small_height * c.y / height, small_width * c.x / width) for c in clicks]
         return self._small_image, moved
