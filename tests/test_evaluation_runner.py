@@ -211,7 +211,7 @@ def test_oracle_hook_reports_the_iou_after_refinement():
     assert result.to_record()["oracle_iou"] == 1.0
 
 
-def test_lbfgs_budget_option_reaches_the_predictor_and_is_recorded(tmp_path, monkeypatch):
+def test_predictor_budget_options_reach_the_predictor_and_are_recorded(tmp_path, monkeypatch):
     import fbrs.inference
 
     built = []
@@ -219,13 +219,16 @@ def test_lbfgs_budget_option_reaches_the_predictor_and_is_recorded(tmp_path, mon
 
     def recording_factory(mode, model=None, **options):
         predictor = original(mode, model=model, **options)
-        built.append((mode, options.get("lbfgs_max_evaluations")))
+        built.append((options.get("lbfgs_max_evaluations"), options.get("max_image_side")))
         return predictor
 
     monkeypatch.setattr(fbrs.inference, "create_predictor", recording_factory)
     dataset = make_dataset(tmp_path / "synth", 1)
     run = tmp_path / "run"
-    assert main(evaluate_args(dataset, run, "--gallery", "0", "--lbfgs-max-evaluations", "5")) == 0
-    assert built and all(evaluations == 5 for _, evaluations in built)
-    assert json.loads((run / "config.json").read_text())["identity"]["predictor_options"]["lbfgs_max_evaluations"] == 5
+    extra = ("--gallery", "0", "--lbfgs-max-evaluations", "5", "--max-image-side", "32")
+    assert main(evaluate_args(dataset, run, *extra)) == 0
+    assert built and all(options == (5, 32) for options in built)
+    recorded = json.loads((run / "config.json").read_text())["identity"]["predictor_options"]
+    assert recorded["lbfgs_max_evaluations"] == 5 and recorded["max_image_side"] == 32
     assert main(evaluate_args(dataset, tmp_path / "bad", "--lbfgs-max-evaluations", "0")) == 2
+    assert main(evaluate_args(dataset, tmp_path / "bad2", "--max-image-side", "8")) == 2
