@@ -24,9 +24,8 @@ import numpy as np
 import torch
 
 from fbrs.errors import CheckpointError, ConfigError
-from fbrs.evaluation.bench import _device_name, synthetic_scene
+from fbrs.evaluation.bench import _device_name, robot_click_sequence, synthetic_scene
 from fbrs.evaluation.reports import _model_label
-from fbrs.evaluation.robot import ClickRobot
 from fbrs.evaluation.runner import load_model_for_evaluation
 from fbrs.inference.modes import MODES
 from fbrs.inference.onnx_backend import OnnxBackend
@@ -74,14 +73,7 @@ def main() -> None:
     backend = OnnxBackend(model, paths, threads=args.threads)  # shared: sessions are built once
     image, mask = synthetic_scene(args.crop_size)
 
-    # The robot's clicks against torch NoBRS, as `fbrs bench` places them.
-    reference = Predictor(model, mode="NoBRS", zoom_in=False)
-    reference.set_image(image)
-    robot, prediction = ClickRobot(mask), np.zeros_like(mask)
-    for _ in range(args.clicks):
-        click = robot.next_click(prediction)
-        prediction = reference.add_click(click.y, click.x, click.positive) > 0.49
-    clicks = list(robot.clicks)
+    clicks = robot_click_sequence(model, image, mask, args.clicks)  # the clicks `fbrs bench` times
 
     variants = [(mode, name) for mode in modes for name in ("torch", "onnx")]
     times = {variant: [] for variant in variants}

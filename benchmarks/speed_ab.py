@@ -21,8 +21,7 @@ import time
 import numpy as np
 import torch
 
-from fbrs.evaluation.bench import synthetic_scene
-from fbrs.evaluation.robot import ClickRobot
+from fbrs.evaluation.bench import robot_click_sequence, synthetic_scene
 from fbrs.evaluation.runner import load_model_for_evaluation
 from fbrs.inference.predictor import Predictor
 
@@ -78,14 +77,7 @@ def main() -> None:
     variants = [parse_variant(text) for text in args.variant]
     image, mask = synthetic_scene(args.crop_size)
 
-    # The robot's clicks against NoBRS, as `fbrs bench` places them.
-    reference = Predictor(model, mode="NoBRS", zoom_in=False)
-    reference.set_image(image)
-    robot, prediction = ClickRobot(mask), np.zeros_like(mask)
-    for _ in range(args.clicks):
-        click = robot.next_click(prediction)
-        prediction = reference.add_click(click.y, click.x, click.positive) > 0.49
-    clicks = list(robot.clicks)
+    clicks = robot_click_sequence(model, image, mask, args.clicks)  # the clicks `fbrs bench` times
 
     times = {name: [] for name, _ in variants}
     evaluations = {name: [] for name, _ in variants}

@@ -75,12 +75,16 @@ def _make_predictor(mode: str, model: Any, settings: BenchSettings) -> Any:
     return default_predictor_factory(mode, model, zoom_in=False, with_flip=settings.with_flip)
 
 
-def _click_sequence(model: Any, image: np.ndarray, mask: np.ndarray, settings: BenchSettings) -> list[RobotClick]:
-    predictor = _make_predictor("NoBRS", model, settings)
+def robot_click_sequence(
+    model: Any, image: np.ndarray, mask: np.ndarray, clicks: int, with_flip: bool = True
+) -> list[RobotClick]:
+    """The robot's `clicks` clicks on `image` ((H, W, 3) uint8) against NoBRS without Zoom-In: the fixed
+    click sequence that every benchmark times, so that all modes and variants see the same clicks."""
+    predictor = _make_predictor("NoBRS", model, BenchSettings(with_flip=with_flip))
     predictor.set_image(image)
     robot = ClickRobot(mask)
     prediction = np.zeros_like(mask)
-    for _ in range(settings.clicks):
+    for _ in range(clicks):
         click = robot.next_click(prediction)
         prediction = predictor.add_click(click.y, click.x, click.positive) > 0.49
     return list(robot.clicks)
@@ -155,7 +159,7 @@ def run_benchmark(settings: BenchSettings, out_path: str | os.PathLike) -> dict[
     synchronize = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
     image, mask = synthetic_scene(settings.crop_size)
-    clicks = _click_sequence(model, image, mask, settings)
+    clicks = robot_click_sequence(model, image, mask, settings.clicks, settings.with_flip)
     times: dict[str, list[list[float]]] = {mode: [] for mode in modes}
     peak_cuda: dict[str, int] = {}
     for repeat in range(settings.repeats + 1):  # round 0 = warm-up, not recorded

@@ -1,0 +1,38 @@
+"""`fbrs bench` on the tiny model: every mode timed on the same robot clicks, Markdown + JSON written."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from fbrs.cli import main
+from fbrs.evaluation.bench import robot_click_sequence, synthetic_scene
+
+
+def test_bench_times_the_modes_on_one_click_sequence_and_writes_both_files(tmp_path, capsys):
+    out = tmp_path / "bench.md"
+    arguments = ["bench", "--model", "tiny_test", "--modes", "NoBRS,f-BRS-B", "--crop-size", "64"]
+    arguments += ["--clicks", "3", "--repeats", "1", "--threads", "1", "--no-memory", "--out", str(out)]
+    assert main(arguments) == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert result["modes"] == ["NoBRS", "f-BRS-B"] and len(result["click_sequence"]) == 3
+    for mode in ("NoBRS", "f-BRS-B"):
+        row = result["results"][mode]
+        assert row["median_spc"] > 0 and row["p95_spc"] >= row["median_spc"]
+    ratio = result["ratios"]["f-BRS-B / NoBRS"]
+    expected = result["results"]["f-BRS-B"]["median_spc"] / result["results"]["NoBRS"]["median_spc"]
+    assert ratio == expected
+    markdown = out.read_text()
+    assert "| NoBRS |" in markdown and "| f-BRS-B |" in markdown and f"{ratio:.2f}" in markdown
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_the_robot_click_sequence_starts_inside_the_object(tiny_model):
+    image, mask = synthetic_scene(64)
+    clicks = robot_click_sequence(tiny_model, image, mask, clicks=3)
+    assert len(clicks) == 3
+    first = clicks[0]
+    assert first.positive and mask[int(first.y), int(first.x)]
+    assert all(0 <= click.y < 64 and 0 <= click.x < 64 for click in clicks)
+    np.testing.assert_array_equal(clicks, robot_click_sequence(tiny_model, image, mask, clicks=3))
