@@ -80,7 +80,7 @@ def main() -> None:
     session = AnnotationSession(image, engine)
     print(f"image {args.height}x{args.width} open: rss {rss_mib():.0f} MiB, peak {peak_mib():.0f} MiB")
     # The robot stands in for the user: it clicks on a 1/ROBOT_STEP copy of the masks, so that its own
-    # distance transforms (~0.3 GB at 12 megapixels) are not counted as the app's memory.
+    # distance transforms (~0.45 GB of peak at 12 megapixels) are not counted as the app's memory.
     robot = ClickRobot(mask[::ROBOT_STEP, ::ROBOT_STEP])
     prediction = np.zeros_like(mask)
     for index in range(args.clicks):

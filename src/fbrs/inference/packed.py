@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-Box = tuple[int, int, int, int]  # inclusive (rmin, rmax, cmin, cmax)
+from fbrs.inference.bbox import Box
 
 
 def upsample_into(source: torch.Tensor, shape: tuple[int, int], box: Box | None = None) -> torch.Tensor:

@@ -192,8 +192,9 @@ class Predictor:
     def get_state(self) -> dict[str, Any]:
         """Everything that determines future predictions; `set_state` restores it exactly.
 
-        Arrays and tensors are shared, not copied: none of them is ever modified in place. The probability
-        map is stored as its non-zero box when that is small (after Zoom-In), see fbrs.inference.packed."""
+        Arrays and tensors are shared, not copied: none of them is ever modified in place. A probability
+        map resized from a smaller network output (Zoom-In, max_image_side) is stored as that output and
+        its box, see fbrs.inference.packed."""
         zoom_state = None if self.zoom_in is None else self.zoom_in.get_state()
         if (
             zoom_state is not None

@@ -14,12 +14,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from fbrs.models.interactive_model import InteractiveModel
 from fbrs.training.data import ValidationObject
-from fbrs.training.validation import validate
+from fbrs.training.validation import validate, validation_score
 
 DEFAULT_OFFSETS = (-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5)
 
@@ -71,7 +70,7 @@ def calibrate_logit_offset(
             shift_output_logit(model, offset)
             metrics = validate(model, list(objects), clicks, iou_target, device)
             all_metrics[offset] = metrics
-            scores[offset] = float(np.mean([value for key, value in metrics.items() if key.startswith("iou@")]))
+            scores[offset] = validation_score(metrics)
     finally:
         output_bias(model).copy_(original)
     best = max(scores, key=lambda offset: (round(scores[offset], 6), -abs(offset)))

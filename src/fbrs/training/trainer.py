@@ -32,7 +32,7 @@ from fbrs.io_utils import atomic_path, write_text_atomic
 from fbrs.training.config import TrainConfig
 from fbrs.training.data import EpochPositions, TrainingData, TrainingDataset
 from fbrs.training.losses import build_loss
-from fbrs.training.validation import validate
+from fbrs.training.validation import validate, validation_score
 
 CHECKPOINT_FORMAT = "fbrs-train-checkpoint-1"
 
@@ -266,7 +266,7 @@ class Trainer:
         if not self.validation_objects:
             return {}
         metrics = validate(self.model, self.validation_objects, settings.clicks, settings.iou_target, self.device)
-        score = float(np.mean([value for key, value in metrics.items() if key.startswith("iou@")]))
+        score = validation_score(metrics)
         metrics["score"] = score
         self.last_metrics = metrics
         row = {"step": self.step, "epoch": self.epoch, "elapsed_s": self.elapsed_seconds, **metrics}

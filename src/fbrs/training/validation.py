@@ -28,6 +28,11 @@ def clicks_to_points(clicks: list, per_kind: int) -> np.ndarray:
     return points
 
 
+def validation_score(metrics: dict[str, float]) -> float:
+    """The number a run is judged by: the mean of the IoU@k values of `validate`'s metrics."""
+    return float(np.mean([value for key, value in metrics.items() if key.startswith("iou@")]))
+
+
 @torch.no_grad()
 def validate(
     model: torch.nn.Module,
