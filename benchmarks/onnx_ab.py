@@ -5,12 +5,14 @@
 
 For every mode (NoBRS and f-BRS-B by default) a torch predictor and an ONNX predictor
 (`Predictor(backend=OnnxBackend)`) run the same robot click sequence on the synthetic image of `fbrs bench`
-(crop_size x crop_size, Zoom-In off, flip TTA on); the four variants rotate their order every repeat so that
-the load of a shared machine hits them alike. Reported: median seconds per click over clicks 2..N (the first
-click is a plain forward pass in every mode and is reported apart), the ratio torch / ONNX, L-BFGS
-evaluations per click, and how far the ONNX predictions are from the torch ones (max |diff| of the
-probabilities, pixels whose mask differs). The .onnx files (parts `full` and the f-BRS insertion points the
-modes need) are exported into --onnx-dir unless files of the same model are already there.
+(crop_size x crop_size, Zoom-In off, flip TTA on or --no-flip); f-BRS modes also run a third variant,
+"onnx-ff", with only the network up to the insertion point in ONNX Runtime (the whole-map pass of each
+L-BFGS evaluation in torch), which tells what the local part (`decoder_head` / `head`) adds. The variants
+rotate their order every repeat so that the load of a shared machine hits them alike. Reported: median
+seconds per click over clicks 2..N (the first click is a plain forward pass in every mode and is reported
+apart), the ratio torch / ONNX, L-BFGS evaluations per click, and how far the ONNX predictions are from the
+torch ones (max |diff| of the probabilities, pixels whose mask differs). The .onnx files are exported into
+the cache layout under --onnx-dir (`fbrs.inference.onnx_backend.cached_onnx_files`) unless already there.
 """
 
 from __future__ import annotations
@@ -23,35 +25,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fbrs.errors import CheckpointError, ConfigError
 from fbrs.evaluation.bench import _device_name, robot_click_sequence, synthetic_scene
 from fbrs.evaluation.reports import _model_label
 from fbrs.evaluation.runner import load_model_for_evaluation
 from fbrs.inference.modes import MODES
-from fbrs.inference.onnx_backend import OnnxBackend
+from fbrs.inference.onnx_backend import OnnxBackend, cached_onnx_files, parts_for_mode
 from fbrs.inference.predictor import Predictor
 from fbrs.io_utils import write_text_atomic
-from fbrs.models.onnx_export import export_onnx
+from fbrs.models.onnx_export import LOCAL_PARTS
 
 
-def onnx_files(model, modes: list[str], folder: Path) -> tuple[list[Path], dict[str, float]]:
-    """The files the modes need: found in `folder` (any .onnx of the right part exported from these
-    weights, e.g. by `fbrs export-onnx`) or exported there -> (paths, export seconds per part)."""
-    parts = ["full" if MODES[mode].refiner == "none" else MODES[mode].target for mode in modes]
-    found: dict[str, Path] = {}
-    for path in sorted(folder.glob("*.onnx")):
-        try:
-            (part,) = OnnxBackend(model, [path], threads=1).parts
-        except (CheckpointError, ConfigError):
-            continue
-        found.setdefault(part, path)
-    export_seconds = {}
-    for part in dict.fromkeys(parts):
-        if part not in found:
-            started = time.perf_counter()
-            found[part] = export_onnx(model, folder / f"{model.config.name}.{part}.onnx", part)
+def onnx_files(model, modes: list[str], folder: Path) -> tuple[dict[str, Path], dict[str, float]]:
+    """The files the modes need, exported into the cache layout under `folder` where missing
+    -> ({part: path}, export seconds of the parts exported now)."""
+    parts = list(dict.fromkeys(part for mode in modes for part in parts_for_mode(MODES[mode])))
+    paths, export_seconds = {}, {}
+    for part in parts:
+        started = time.perf_counter()
+        (path,) = cached_onnx_files(model, [part], cache_dir=folder, notify=print)
+        if time.perf_counter() - started > 1.0:  # hashing the weights takes milliseconds, an export seconds
             export_seconds[part] = time.perf_counter() - started
-    return [found[part] for part in dict.fromkeys(parts)], export_seconds
+        paths[part] = path
+    return paths, export_seconds
 
 
 def main() -> None:
@@ -62,6 +57,7 @@ def main() -> None:
     parser.add_argument("--clicks", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-flip", action="store_true", help="flip test-time augmentation off")
     parser.add_argument("--onnx-dir", type=Path, default=Path("work/onnx"))
     parser.add_argument("--out", type=Path, help="write a Markdown report here (and the raw numbers as .json)")
     args = parser.parse_args()
@@ -70,12 +66,20 @@ def main() -> None:
     modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
     model, description = load_model_for_evaluation(args.model)
     paths, export_seconds = onnx_files(model, modes, args.onnx_dir)
-    backend = OnnxBackend(model, paths, threads=args.threads)  # shared: sessions are built once
+    backend = OnnxBackend(model, list(paths.values()), threads=args.threads)  # shared: sessions are built once
+    feed_forward_parts = [path for part, path in paths.items() if part not in LOCAL_PARTS]
+    feed_forward_only = OnnxBackend(model, feed_forward_parts, threads=args.threads)
+    backends = {"torch": "torch", "onnx": backend, "onnx-ff": feed_forward_only}
+    flip = not args.no_flip
     image, mask = synthetic_scene(args.crop_size)
 
-    clicks = robot_click_sequence(model, image, mask, args.clicks)  # the clicks `fbrs bench` times
+    clicks = robot_click_sequence(model, image, mask, args.clicks, with_flip=flip)  # the clicks `fbrs bench` times
 
-    variants = [(mode, name) for mode in modes for name in ("torch", "onnx")]
+    variants = [
+        (mode, name)
+        for mode in modes
+        for name in ("torch", "onnx", *(("onnx-ff",) if MODES[mode].refiner == "feature" else ()))
+    ]
     times = {variant: [] for variant in variants}
     first = {variant: [] for variant in variants}
     evaluations = {variant: [] for variant in variants}
@@ -84,7 +88,7 @@ def main() -> None:
         shift = repeat % len(variants)
         for variant in variants[shift:] + variants[:shift]:
             mode, name = variant
-            predictor = Predictor(model, mode=mode, zoom_in=False, backend="torch" if name == "torch" else backend)
+            predictor = Predictor(model, mode=mode, zoom_in=False, with_flip=flip, backend=backends[name])
             predictor.set_image(image)
             for index, click in enumerate(clicks):
                 start = time.perf_counter()
@@ -116,8 +120,13 @@ def main() -> None:
             "max_mask_pixels_differing": max(n for _, n in diffs),
         }
         entry = summary[mode]
+        feed_forward = times.get((mode, "onnx-ff"))
+        if feed_forward:
+            entry["onnx_feed_forward_only_median_spc"] = float(np.median(feed_forward))
+        feed_forward_cell = f"{np.median(feed_forward):.3f}" if feed_forward else "-"
         rows.append(
-            f"| {mode} | {torch_median:.3f} | {onnx_median:.3f} | **x{entry['torch_over_onnx']:.2f}** | "
+            f"| {mode} | {torch_median:.3f} | {feed_forward_cell} | {onnx_median:.3f} | "
+            f"**x{entry['torch_over_onnx']:.2f}** | "
             f"{entry['torch_first_click']:.3f} / {entry['onnx_first_click']:.3f} | "
             f"{entry['torch_evaluations_per_click']:.1f} / {entry['onnx_evaluations_per_click']:.1f} | "
             f"{entry['max_abs_prob_diff']:.1e} | {entry['max_mask_pixels_differing']} |"
@@ -126,22 +135,27 @@ def main() -> None:
 
     device = _device_name(torch.device("cpu"))
     header = (
-        f"Model: {_model_label(description)}. Image {args.crop_size}x{args.crop_size} (Zoom-In off), flip on, "
+        f"Model: {_model_label(description)}. Image {args.crop_size}x{args.crop_size} (Zoom-In off), "
+        f"flip {'on' if flip else 'off'}, "
         f"{args.clicks} robot clicks x {args.repeats} repeats per variant (after a warm-up), variants interleaved. "
         f"{device}, {args.threads} thread(s), torch {torch.__version__}, onnxruntime {onnxruntime.__version__}. "
         f"{time.strftime('%Y-%m-%dT%H:%M:%S')}."
     )
     table = "\n".join(
         [
-            "| mode | torch, s/click | onnx, s/click | torch / onnx | 1st click torch / onnx, s | "
+            "| mode | torch, s/click | onnx-ff, s/click | onnx, s/click | torch / onnx | 1st click torch / onnx, s | "
             "L-BFGS evals/click torch / onnx | max abs prob diff | mask pixels differing (of "
             f"{args.crop_size**2}) |",
-            "|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|",
             *rows,
         ]
     )
     exported = ", ".join(f"{part} {seconds:.0f} s" for part, seconds in export_seconds.items()) or "reused"
-    report = f"{header}\n\n{table}\n\nMedian seconds per click over clicks 2..N. Export: {exported}.\n"
+    report = (
+        f"{header}\n\n{table}\n\nMedian seconds per click over clicks 2..N. onnx-ff: only the network up to the "
+        f"f-BRS insertion point in ONNX Runtime; onnx: also the whole-map pass of every L-BFGS evaluation. "
+        f"Export: {exported}.\n"
+    )
     print(report)
     if args.out:
         write_text_atomic(args.out, "# torch vs ONNX Runtime backend\n\n" + report)

@@ -49,6 +49,18 @@ def data_dir() -> Path:
     return require_shared(DATA)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    # backend="onnx" exports into a cache folder: never the user's ~/.cache during tests.
+    previous = os.environ.get("FBRS_CACHE_DIR")
+    os.environ["FBRS_CACHE_DIR"] = str(tmp_path_factory.mktemp("fbrs_cache"))
+    yield
+    if previous is None:
+        os.environ.pop("FBRS_CACHE_DIR", None)
+    else:
+        os.environ["FBRS_CACHE_DIR"] = previous
+
+
 @pytest.fixture(autouse=True)
 def _single_thread():
     # The goldens were produced with one thread; summation order matters for L-BFGS trajectories.

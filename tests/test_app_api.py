@@ -340,3 +340,21 @@ def test_overlay_of_an_object_without_visible_pixels(client, engine):
     assert not (png_array(client.get(f"/api/sessions/{session}/mask")) > 0).any()
     overlay = png_array(client.get(f"/api/sessions/{session}/overlay.png", params={"max_side": 200}))
     assert overlay.shape == (133, 200, 4) and not overlay[..., 3].any()
+
+
+def test_onnx_backend_serves_the_modes_it_can(folder, tmp_path, capsys):
+    """`fbrs app --backend onnx`: the default mode's parts are exported at start, ONNX predictors for NoBRS and
+    f-BRS, torch for RGB-BRS; /api/info says which backend runs."""
+    from fbrs.app.cli import build_app
+    from fbrs.app.engine import PredictorSettings
+    from fbrs.models import build_model
+
+    app = build_app(folder, out_dir=tmp_path / "out", model=build_model("tiny_test"), backend="onnx")
+    assert "exporting tiny_test part after_aspp" in capsys.readouterr().out
+    with TestClient(app) as test_client:
+        assert test_client.get("/api/info").json()["backend"] == "onnx"
+    engine = app.state.engine
+    assert engine.create(PredictorSettings(mode="f-BRS-B")).backend == "onnx"
+    assert engine.create(PredictorSettings(mode="NoBRS")).backend == "onnx"
+    assert engine.create(PredictorSettings(mode="RGB-BRS")).backend == "torch"
+    assert tiny_engine().create(PredictorSettings(mode="f-BRS-B")).backend == "torch"  # the engine's default

@@ -36,3 +36,14 @@ def test_the_robot_click_sequence_starts_inside_the_object(tiny_model):
     assert first.positive and mask[int(first.y), int(first.x)]
     assert all(0 <= click.y < 64 and 0 <= click.x < 64 for click in clicks)
     np.testing.assert_array_equal(clicks, robot_click_sequence(tiny_model, image, mask, clicks=3))
+
+
+def test_bench_with_the_onnx_backend_says_which_backend_each_mode_used(tmp_path):
+    out = tmp_path / "bench.md"
+    arguments = ["bench", "--model", "tiny_test", "--modes", "NoBRS,RGB-BRS", "--crop-size", "64", "--clicks", "2"]
+    arguments += ["--repeats", "1", "--threads", "1", "--no-memory", "--backend", "onnx", "--out", str(out)]
+    assert main(arguments) == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert result["settings"]["backend"] == "onnx"
+    assert {mode: row["backend"] for mode, row in result["results"].items()} == {"NoBRS": "onnx", "RGB-BRS": "torch"}
+    assert "| NoBRS | onnx |" in out.read_text() and "| RGB-BRS | torch |" in out.read_text()

@@ -232,3 +232,38 @@ def test_predictor_budget_options_reach_the_predictor_and_are_recorded(tmp_path,
     assert recorded["lbfgs_max_evaluations"] == 5 and recorded["max_image_side"] == 32
     assert main(evaluate_args(dataset, tmp_path / "bad", "--lbfgs-max-evaluations", "0")) == 2
     assert main(evaluate_args(dataset, tmp_path / "bad2", "--max-image-side", "8")) == 2
+
+
+def test_onnx_backend_runs_the_modes_it_can_and_is_recorded(tmp_path, monkeypatch):
+    import fbrs.inference
+
+    built = []
+    original = fbrs.inference.create_predictor
+
+    def recording_factory(mode, model=None, **options):
+        predictor = original(mode, model=model, **options)
+        built.append((mode, predictor.backend))
+        return predictor
+
+    monkeypatch.setattr(fbrs.inference, "create_predictor", recording_factory)
+    dataset = make_dataset(tmp_path / "synth", 2)
+    modes = ("--modes", "NoBRS,f-BRS-B,RGB-BRS", "--gallery", "0")
+    assert main(evaluate_args(dataset, tmp_path / "torch", *modes)) == 0
+    built.clear()
+    assert main(evaluate_args(dataset, tmp_path / "onnx", *modes, "--backend", "onnx")) == 0
+    assert set(built) == {("NoBRS", "onnx"), ("f-BRS-B", "onnx"), ("RGB-BRS", "torch")}
+    config = json.loads((tmp_path / "onnx" / "config.json").read_text())
+    assert config["identity"]["backend"] == "onnx"
+    for mode in ("NoBRS", "f-BRS-B"):
+        with_torch = load_run_records(tmp_path / "torch")["synth"][mode]
+        with_onnx = load_run_records(tmp_path / "onnx")["synth"][mode]
+        for a, b in zip(with_torch, with_onnx, strict=True):
+            assert a["clicks"] == b["clicks"]
+            np.testing.assert_allclose(a["ious"], b["ious"], atol=1e-3)
+    # A run written before the backend was recorded resumes as the torch run it was.
+    config_path = tmp_path / "torch" / "config.json"
+    config = json.loads(config_path.read_text())
+    del config["identity"]["backend"]
+    config_path.write_text(json.dumps(config))
+    assert main(evaluate_args(dataset, tmp_path / "torch", *modes)) == 0
+    assert main(evaluate_args(dataset, tmp_path / "torch", *modes, "--backend", "onnx")) == 2

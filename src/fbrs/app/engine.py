@@ -67,11 +67,14 @@ class PredictionEngine:
     model: an InteractiveModel or None (then only modes registered with needs_model=False work).
     factory: optional replacement of the library's `create_predictor` (settings -> predictor), used
     to run the app against something other than the registered modes.
+    backend: "torch", "onnx" or "auto" for the learned modes (fbrs.inference.modes.backend_for_mode).
     """
 
     def __init__(self, model: Any = None, factory: PredictorFactory | None = None,
-                 modes: list[tuple[str, bool]] | None = None, model_name: str | None = None) -> None:
+                 modes: list[tuple[str, bool]] | None = None, model_name: str | None = None,
+                 backend: str = "torch") -> None:
         self.model = model
+        self.backend = backend
         self.model_name = model_name or (None if model is None else type(model).__name__)
         self._factory = factory
         self._modes = modes if modes is not None else _registered_modes()
@@ -107,11 +110,14 @@ class PredictionEngine:
         if self._factory is not None:
             return self._factory(settings)
         from fbrs.inference import create_predictor
+        from fbrs.inference.modes import backend_for_mode
 
         needs_model = dict(self._modes).get(settings.mode, True)
+        options = {"backend": backend_for_mode(self.backend, settings.mode)} if needs_model else {}
         return create_predictor(
             settings.mode,
             model=self.model if needs_model else None,
+            **options,
             zoom_in=settings.zoom_in,
             prob_threshold=settings.prob_threshold,
             # Photos of many megapixels: the whole-image pass (first click) runs on a 1024 px copy, which

@@ -237,6 +237,7 @@ def create_app(
             "modes": engine.modes(),
             "default_settings": engine.default_settings().to_dict(),
             "model": engine.model_name,
+            "backend": engine.backend,
             "limits": {
                 "max_upload_bytes": limits.max_upload_bytes,
                 "max_image_pixels": limits.max_image_pixels,

@@ -31,7 +31,9 @@ LEARNED_MODES = ("NoBRS", "RGB-BRS", "DistMap-BRS", "f-BRS-A", "f-BRS-B", "f-BRS
 @dataclass
 class BenchSettings:
     """model: checkpoint path, architecture name (random weights) or None (bundled). modes None = the six
-    learned modes. clicks: clicks per sequence; repeats: timed sequences per mode (after one warm-up)."""
+    learned modes. clicks: clicks per sequence; repeats: timed sequences per mode (after one warm-up).
+    backend: "torch", "onnx" or "auto" (fbrs.inference.modes.backend_for_mode: modes ONNX Runtime cannot
+    run use torch; the table says which backend each mode used)."""
 
     model: str | None = None
     modes: list[str] | None = None
@@ -42,6 +44,7 @@ class BenchSettings:
     threads: int | None = None
     with_flip: bool = True
     measure_memory: bool = True
+    backend: str = "torch"
 
     def validate(self) -> None:
         if self.crop_size < 32:
@@ -52,6 +55,12 @@ class BenchSettings:
             raise ConfigError(f"--repeats must be >= 1, got {self.repeats}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {self.threads}")
+        from fbrs.inference.modes import BACKEND_CHOICES
+
+        if self.backend not in BACKEND_CHOICES:
+            raise ConfigError(f"--backend must be one of {', '.join(BACKEND_CHOICES)}, got {self.backend!r}")
+        if self.backend == "onnx" and self.device != "cpu":
+            raise ConfigError("--backend onnx runs on the CPU: use --device cpu")
 
 
 def synthetic_scene(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -69,10 +78,19 @@ def synthetic_scene(size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(image, 0, 255).astype(np.uint8), mask
 
 
+def _backend(mode: str, settings: BenchSettings) -> str:
+    from fbrs.inference.modes import backend_for_mode
+
+    return "torch" if settings.device != "cpu" else backend_for_mode(settings.backend, mode)
+
+
 def _make_predictor(mode: str, model: Any, settings: BenchSettings) -> Any:
     from fbrs.evaluation.runner import default_predictor_factory
 
-    return default_predictor_factory(mode, model, zoom_in=False, with_flip=settings.with_flip)
+    options = {"zoom_in": False, "with_flip": settings.with_flip}
+    if _backend(mode, settings) == "onnx":
+        options["backend"] = "onnx"
+    return default_predictor_factory(mode, model, **options)
 
 
 def robot_click_sequence(
@@ -80,7 +98,7 @@ def robot_click_sequence(
 ) -> list[RobotClick]:
     """The robot's `clicks` clicks on `image` ((H, W, 3) uint8) against NoBRS without Zoom-In: the fixed
     click sequence that every benchmark times, so that all modes and variants see the same clicks."""
-    predictor = _make_predictor("NoBRS", model, BenchSettings(with_flip=with_flip))
+    predictor = _make_predictor("NoBRS", model, BenchSettings(with_flip=with_flip))  # torch: the reference
     predictor.set_image(image)
     robot = ClickRobot(mask)
     prediction = np.zeros_like(mask)
@@ -158,6 +176,13 @@ def run_benchmark(settings: BenchSettings, out_path: str | os.PathLike) -> dict[
     model, model_description = load_model_for_evaluation(settings.model, settings.device)
     synchronize = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
+    for mode in modes:
+        if _backend(mode, settings) == "onnx":  # export before timing anything (once per model, then cached)
+            from fbrs.inference.modes import MODES
+            from fbrs.inference.onnx_backend import cached_onnx_files, parts_for_mode
+
+            cached_onnx_files(model, parts_for_mode(MODES[mode]), notify=lambda message: print(message, flush=True))
+
     image, mask = synthetic_scene(settings.crop_size)
     clicks = robot_click_sequence(model, image, mask, settings.clicks, settings.with_flip)
     times: dict[str, list[list[float]]] = {mode: [] for mode in modes}
@@ -190,6 +215,7 @@ def run_benchmark(settings: BenchSettings, out_path: str | os.PathLike) -> dict[
             "first_click_median": float(np.median(first)),
             "timed_clicks": len(later),
             "peak_memory_bytes": peak,
+            "backend": _backend(mode, settings),
         }
 
     def ratio(numerator: str, denominator: str) -> float | None:
@@ -245,6 +271,11 @@ def render_benchmark_markdown(result: dict[str, Any]) -> str:
     settings = result["settings"]
     baseline = result["results"].get("NoBRS", {}).get("median_spc")
     header = ["Mode", "median SPC, s", "p95 SPC, s", "mean SPC, s", "1st click, s", "x NoBRS", "peak memory, MiB"]
+    # Results written before the backend option existed ran everything in torch.
+    backends = {result["results"][mode].get("backend", "torch") for mode in result["modes"]}
+    with_backend = backends != {"torch"}
+    if with_backend:
+        header.insert(1, "backend")
     rows = []
     for mode in result["modes"]:
         entry = result["results"][mode]
@@ -252,6 +283,7 @@ def render_benchmark_markdown(result: dict[str, Any]) -> str:
         rows.append(
             [
                 mode,
+                *([entry.get("backend", "torch")] if with_backend else []),
                 f"{entry['median_spc']:.4f}",
                 f"{entry['p95_spc']:.4f}",
                 f"{entry['mean_spc']:.4f}",

@@ -45,7 +45,10 @@ IDENTITY_FIELDS = (
     "stop_at_target",
     "oracle",
     "predictor_options",
+    "backend",
 )
+#: The value of identity fields that runs written before the field existed had.
+IDENTITY_DEFAULTS = {"backend": "torch"}
 RANDOM_WEIGHTS_SEED = 0
 
 
@@ -73,6 +76,7 @@ class EvaluationSettings:
     device: str = "cpu"
     save_masks: bool = False
     gallery_size: int = 6
+    backend: str = "torch"  # "torch", "onnx" or "auto": fbrs.inference.modes.backend_for_mode, per mode
 
     def validate(self) -> None:
         if not self.datasets:
@@ -89,6 +93,18 @@ class EvaluationSettings:
             raise ConfigError(f"--limit must be >= 1, got {self.limit}")
         if self.jobs > 1 and self.device != "cpu":
             raise ConfigError(f"--jobs {self.jobs} runs CPU worker processes; use --jobs 1 with --device {self.device}")
+        from fbrs.inference.modes import BACKEND_CHOICES
+
+        if self.backend not in BACKEND_CHOICES:
+            raise ConfigError(f"--backend must be one of {', '.join(BACKEND_CHOICES)}, got {self.backend!r}")
+        if self.backend == "onnx" and self.device != "cpu":
+            raise ConfigError("--backend onnx runs on the CPU: use --device cpu")
+
+    def backend_for(self, mode: str) -> str:
+        """"torch" or "onnx" for `mode` (modes ONNX Runtime cannot run stay in torch)."""
+        from fbrs.inference.modes import backend_for_mode
+
+        return "torch" if self.device != "cpu" else backend_for_mode(self.backend, mode)
 
     def identity(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in IDENTITY_FIELDS}
@@ -365,6 +381,8 @@ class _WorkerContext:
         dataset = self.datasets[task.dataset]
         sample = dataset[task.index]
         options = predictor_options_for(settings, dataset.name) if mode_needs_model(task.mode) else {}
+        if mode_needs_model(task.mode) and settings.backend_for(task.mode) == "onnx":
+            options["backend"] = "onnx"
         predictor = self.factory(task.mode, self.model if mode_needs_model(task.mode) else None, **options)
         result = evaluate_sample(
             predictor,
@@ -447,6 +465,8 @@ def run_evaluation(
     else:
         model_description = {"kind": "none"}
     _write_or_check_config(run_dir, settings, model_description, list(datasets))
+    if predictor_factory is None:
+        _export_onnx_parts(settings, model, progress)
 
     tasks = _pending_tasks(run_dir, settings, datasets)
     context = _WorkerContext(settings, datasets, model, factory, run_dir)
@@ -457,6 +477,17 @@ def run_evaluation(
         writer.close()
     summary = write_run_reports(run_dir, datasets=datasets, context=context)
     return summary
+
+
+def _export_onnx_parts(settings: EvaluationSettings, model: Any, verbose: bool) -> None:
+    """Export what the ONNX modes need into the cache here, once, before workers race to do it each."""
+    from fbrs.inference.modes import MODES
+    from fbrs.inference.onnx_backend import cached_onnx_files, parts_for_mode
+
+    onnx_modes = [mode for mode in settings.modes if settings.backend_for(mode) == "onnx"]
+    parts = [part for mode in onnx_modes for part in parts_for_mode(MODES[mode])]
+    if parts:
+        cached_onnx_files(model, list(dict.fromkeys(parts)), notify=print if verbose else None)
 
 
 def _load_datasets(settings: EvaluationSettings) -> dict[str, Dataset]:
@@ -481,7 +512,7 @@ def _write_or_check_config(
     identity["model"] = model_description
     if config_path.is_file():
         try:
-            previous = json.loads(config_path.read_text(encoding="utf-8"))["identity"]
+            previous = {**IDENTITY_DEFAULTS, **json.loads(config_path.read_text(encoding="utf-8"))["identity"]}
         except (ValueError, KeyError) as error:
             raise ConfigError(f"{config_path} is not a run config ({error}); use a new --out folder") from None
         differences = [

@@ -47,12 +47,21 @@ def run_predict(args: argparse.Namespace) -> int:
     if not clicks:
         raise InvalidClickError("give at least one --click Y,X,+")
     image = read_image(args.image)
+    model = _load_model_arg(args.model)
+    backend = args.backend
+    if backend == "onnx":
+        from fbrs.inference.modes import MODES
+        from fbrs.inference.onnx_backend import cached_onnx_files, parts_for_mode
+
+        # Here rather than inside the Predictor: tell the user why the first run waits.
+        cached_onnx_files(model, parts_for_mode(MODES[args.mode]), notify=_print_stderr)
     predictor = Predictor(
-        _load_model_arg(args.model),
+        model,
         mode=args.mode,
         zoom_in=args.zoom_in,
         with_flip=args.flip,
         prob_threshold=args.threshold,
+        backend=backend,
     )
     predictor.set_image(image)
     started = time.perf_counter()
@@ -72,6 +81,12 @@ def run_predict(args: argparse.Namespace) -> int:
         f"({len(clicks)} clicks, {args.mode}, {time.perf_counter() - started:.2f} s)"
     )
     return 0
+
+
+def _print_stderr(message: str) -> None:
+    import sys
+
+    print(f"fbrs: {message}", file=sys.stderr, flush=True)
 
 
 def run_convert(args: argparse.Namespace) -> int:
@@ -150,6 +165,7 @@ def run_demo(args: argparse.Namespace) -> int:
     namespace = argparse.Namespace(
         image=str(sample), click=["200,250,+"], model=args.model, mode="f-BRS-B", zoom_in=True, flip=True,
         threshold=0.49, output=str(Path(args.out or ".") / "demo_mask.png"), probs=None, verbose=True, threads=0,
+        backend="torch",
     )
     return run_predict(namespace)
 
@@ -177,6 +193,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("-o", "--output", required=True, help="output mask PNG (0 / 255)")
     predict.add_argument("--probs", help="also save the probability map as .npy")
     predict.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    predict.add_argument(
+        "--backend",
+        choices=["torch", "onnx"],
+        default="torch",
+        help="onnx: run the feed-forward part in ONNX Runtime (NoBRS, f-BRS-A/B/C; ~2x faster on a CPU; needs "
+        "fbrs[onnx]; the first use of a model exports it to the cache, $FBRS_CACHE_DIR or ~/.cache/fbrs)",
+    )
     predict.add_argument("-v", "--verbose", action="store_true", help="print the time of every click")
     predict.set_defaults(handler=run_predict)
 
@@ -191,9 +214,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="export the feed-forward part of a model to ONNX (needs fbrs[onnx])",
         description="Export the network from the fusion conv on (inputs: the normalised image and the click "
         "distance maps) to ONNX, with dynamic batch/height/width. --part full is the whole NoBRS pass; an "
-        "f-BRS insertion point (after_backbone, after_aspp, after_decoder) exports the part before it, for "
-        "Predictor(backend='onnx') with the BRS head in torch. With several parts, -o OUT.onnx writes "
-        "OUT.<part>.onnx for each. Example: fbrs export-onnx --part full --part after_aspp -o default.onnx",
+        "f-BRS insertion point (after_backbone, after_aspp, after_decoder) exports the part before it, and "
+        "decoder_head (after f-BRS-A/B) / head (after f-BRS-C) the layers after it that L-BFGS re-runs, for "
+        "Predictor(backend='onnx'). With several parts, -o OUT.onnx writes OUT.<part>.onnx for each. Example: "
+        "fbrs export-onnx --part after_aspp --part decoder_head -o default.onnx. Predictor(backend='onnx') and "
+        "--backend onnx need no export by hand: they export into a cache on first use.",
     )
     export.add_argument("--model", help="model file (.safetensors or original f-BRS .pth); default: bundled model")
     export.add_argument("-o", "--output", required=True, help="the .onnx file to write (atomically)")
@@ -201,7 +226,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--part",
         action="append",
         # = fbrs.models.onnx_export.PARTS + "all", spelled out: importing it here would import torch for --help.
-        choices=["full", "after_backbone", "after_aspp", "after_decoder", "all"],
+        choices=["full", "after_backbone", "after_aspp", "after_decoder", "decoder_head", "head", "all"],
         help="what to export (repeatable; default full)",
     )
     export.add_argument(

@@ -29,6 +29,40 @@ MODES: dict[str, ModeSpec] = {
 }
 
 
+#: Where the feed-forward part runs: "torch", "onnx" (ONNX Runtime, `fbrs.inference.onnx_backend`), or
+#: "auto" (the CLIs' choice: ONNX Runtime where it is installed and the mode supports it).
+BACKEND_CHOICES = ("auto", "torch", "onnx")
+
+
+def supports_onnx(mode: str) -> bool:
+    """Whether `mode` can run its feed-forward part in ONNX Runtime: NoBRS and f-BRS-A/B/C. RGB-/DistMap-BRS
+    differentiate through the whole network, and the classical baselines have no network."""
+    return mode in MODES and MODES[mode].refiner != "input"
+
+
+def onnx_available() -> bool:
+    """onnxruntime and the exporter (onnx, onnxscript) are installed: pip install 'fbrs[onnx]'."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx", "onnxscript"))
+
+
+def backend_for_mode(choice: str, mode: str) -> str:
+    """The backend a CLI option `choice` (BACKEND_CHOICES) gives `mode`: "onnx" or "torch".
+
+    "onnx" falls back to torch only for the modes ONNX cannot run (so that `--backend onnx --modes
+    NoBRS,RGB-BRS,f-BRS-B` measures what it can); "auto" also when the onnx extra is not installed."""
+    if choice not in BACKEND_CHOICES:
+        from fbrs.errors import ConfigError
+
+        raise ConfigError(f"unknown backend {choice!r}; choose from {', '.join(BACKEND_CHOICES)}")
+    if choice == "torch" or not supports_onnx(mode):
+        return "torch"
+    if choice == "auto" and not onnx_available():
+        return "torch"
+    return "onnx"
+
+
 def _register(spec: ModeSpec) -> None:
     def factory(model=None, **options):
         from fbrs.inference.predictor import Predictor

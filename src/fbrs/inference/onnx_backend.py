@@ -1,16 +1,23 @@
 """ONNX Runtime backend for the feed-forward part of a prediction (optional: `pip install 'fbrs[onnx]'`).
 
-    backend = OnnxBackend(model, ["default.full.onnx", "default.after_aspp.onnx"], threads=1)
+    predictor = Predictor(model, mode="f-BRS-B", backend="onnx")  # exports to the cache on first use
+    # or with files of `fbrs export-onnx`:
+    backend = OnnxBackend(model, ["default.after_aspp.onnx", "default.decoder_head.onnx"], threads=1)
     predictor = Predictor(model, mode="f-BRS-B", backend=backend)
-    # or: Predictor(model, mode="NoBRS", backend="onnx", onnx_files="default.full.onnx")
 
 What runs where:
 
 * NoBRS: the whole forward pass in ONNX Runtime (part ``full``). With only an insertion-point part, that part
   runs in ONNX Runtime and the rest in torch.
 * f-BRS-A/B/C: the network up to the insertion point (once per click while clicks enter the network) in ONNX
-  Runtime; the part after it, which L-BFGS re-runs and differentiates, stays in torch.
+  Runtime; so is the whole-map pass of the local layers after it at every L-BFGS evaluation when the local
+  part (``decoder_head`` / ``head``) is loaded. The gradient of each evaluation (on small windows around the
+  clicks, or through ASPP for f-BRS-A) stays in torch.
 * RGB-BRS / DistMap-BRS differentiate through the whole network at every L-BFGS step: not supported.
+
+`backend="onnx"` without files exports the parts a mode needs (`parts_for_mode`) once per model into a cache
+folder (`default_cache_dir`: $FBRS_CACHE_DIR, else $XDG_CACHE_HOME/fbrs, else ~/.cache/fbrs), keyed by the
+weights' sha256; the export needs the `onnx` extra too and takes seconds to a minute per part.
 
 The distance maps (which depend on the number of clicks) are always computed in torch; the files hold the
 network from the fusion conv on (see `fbrs.models.onnx_export`). A file records the sha256 of the weights it
@@ -33,8 +40,9 @@ from fbrs.errors import CheckpointError, ConfigError
 from fbrs.models.interactive_model import INSERTIONS, InteractiveModel
 from fbrs.models.onnx_export import (
     FORMAT_VERSION,
-    INPUT_NAMES,
+    LOCAL_PART_AFTER,
     OUTPUT_NAMES,
+    PART_INPUTS,
     PARTS,
     require_modules,
     weights_fingerprint,
@@ -42,6 +50,65 @@ from fbrs.models.onnx_export import (
 
 BACKENDS = ("torch", "onnx")
 PathLike = str | os.PathLike
+
+
+def default_cache_dir() -> Path:
+    """Where `backend="onnx"` keeps its exports: $FBRS_CACHE_DIR, else $XDG_CACHE_HOME/fbrs, else ~/.cache/fbrs."""
+    if os.environ.get("FBRS_CACHE_DIR"):
+        return Path(os.environ["FBRS_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fbrs"
+
+
+def parts_for_mode(mode_spec: Any) -> tuple[str, ...]:
+    """The ONNX parts that accelerate a mode (a fbrs.inference.modes.ModeSpec): NoBRS the whole pass, f-BRS
+    the network up to its insertion point and the local part after it. RGB-/DistMap-BRS: ConfigError."""
+    if mode_spec.refiner == "none":
+        return ("full",)
+    if mode_spec.refiner == "feature":
+        return (mode_spec.target, LOCAL_PART_AFTER[mode_spec.target])
+    raise _unsupported_mode(mode_spec.name)
+
+
+def _unsupported_mode(mode: str) -> ConfigError:
+    return ConfigError(
+        f"{mode} differentiates through the whole network at every L-BFGS step: the ONNX backend "
+        "supports NoBRS and f-BRS-A/B/C; use backend='torch'"
+    )
+
+
+def cached_onnx_files(
+    model: InteractiveModel,
+    parts: Sequence[str],
+    cache_dir: PathLike | None = None,
+    notify: Any = None,
+) -> list[Path]:
+    """The .onnx files of `parts` of `model` in the cache, exported (atomically) where missing.
+
+    The folder is <cache_dir>/onnx/<model name>-<first 16 hex digits of the weights' sha256>, so a retrained
+    or recalibrated model never meets the files of another. notify(message) is called before each export
+    (the CLIs print it: an export takes seconds to a minute)."""
+    from fbrs.models.onnx_export import export_onnx
+
+    unknown = [part for part in parts if part not in PARTS]
+    if unknown:
+        raise ConfigError(f"unknown ONNX part(s) {', '.join(unknown)}; known: {', '.join(PARTS)}")
+    folder = Path(cache_dir or default_cache_dir()) / "onnx" / f"{model.config.name}-{weights_fingerprint(model)[:16]}"
+    paths = []
+    for part in parts:
+        path = folder / f"{part}.onnx"
+        if not path.is_file():
+            require_modules("onnx", "onnxscript", "onnxruntime")
+            if notify is not None:
+                notify(f"exporting {model.config.name} part {part} to ONNX (once per model): {path}")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                message = f"cannot create the ONNX cache folder {path.parent}: {error}; set FBRS_CACHE_DIR"
+                raise ConfigError(message) from error
+            export_onnx(model, path, part)
+        paths.append(path)
+    return paths
 
 
 class OnnxBackend:
@@ -93,7 +160,7 @@ class OnnxBackend:
                 )
             outputs = tuple(output.name for output in session.get_outputs())
             inputs = tuple(item.name for item in session.get_inputs())
-            if inputs != INPUT_NAMES or outputs != OUTPUT_NAMES[part]:
+            if inputs != PART_INPUTS[part] or outputs != OUTPUT_NAMES[part]:
                 raise CheckpointError(f"{path}: unexpected inputs {inputs} / outputs {outputs} for part {part!r}")
             self.sessions[part] = session
             self.paths[part] = path
@@ -125,23 +192,28 @@ class OnnxBackend:
     def parts(self) -> tuple[str, ...]:
         return tuple(part for part in PARTS if part in self.sessions)
 
-    def run(self, part: str, image: torch.Tensor, coord_features: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """image (B,3,H,W), coord_features (B,2,H,W) float32 -> the part's outputs as CPU float32 tensors
-        (see fbrs.models.onnx_export.OUTPUT_NAMES)."""
+    def run(self, part: str, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The part's inputs (fbrs.models.onnx_export.PART_INPUTS: image (B,3,H,W) and coord_features
+        (B,2,H,W), or features (B,C,h,w)) -> its outputs (OUTPUT_NAMES) as CPU float32 tensors."""
         if part not in self.sessions:
             raise ConfigError(f"no ONNX file for part {part!r}; have: {', '.join(self.parts)}")
+        names = PART_INPUTS[part]
+        if len(inputs) != len(names):
+            raise ConfigError(f"ONNX part {part!r} takes {len(names)} inputs ({', '.join(names)}), got {len(inputs)}")
         feeds = {
-            "image": np.ascontiguousarray(image.detach().cpu().numpy(), dtype=np.float32),
-            "coord_features": np.ascontiguousarray(coord_features.detach().cpu().numpy(), dtype=np.float32),
+            name: np.ascontiguousarray(tensor.detach().cpu().numpy(), dtype=np.float32)
+            for name, tensor in zip(names, inputs, strict=True)
         }
         return tuple(torch.from_numpy(output) for output in self.sessions[part].run(None, feeds))
 
     def check_mode(self, refiner: str, target: str | None, mode: str) -> None:
         """Raise ConfigError unless the files cover the feed-forward part of a mode (see fbrs.inference.modes)."""
         if refiner == "input":
+            raise _unsupported_mode(mode)
+        if refiner == "none" and not any(part in self.sessions for part in ("full", *INSERTIONS)):
             raise ConfigError(
-                f"{mode} differentiates through the whole network at every L-BFGS step: the ONNX backend "
-                "supports NoBRS and f-BRS-A/B/C; use backend='torch'"
+                f"{mode} needs the ONNX part 'full' or an insertion point (have: {', '.join(self.parts)}); "
+                "write it with fbrs export-onnx --part full"
             )
         if refiner == "feature" and target not in self.sessions:
             raise ConfigError(
@@ -181,12 +253,34 @@ class OnnxAcceleratedModel:
         outputs = self.backend.run(insertion, image, coord_features)
         return outputs[0], (outputs[1] if len(outputs) > 1 else None)
 
+    def local_logits(self, insertion: str, x: torch.Tensor) -> torch.Tensor:
+        """As InteractiveModel.local_logits. In ONNX Runtime when no gradient is wanted (the whole-map pass of
+        each f-BRS evaluation) and the local part after `insertion` is loaded; in torch otherwise."""
+        part = LOCAL_PART_AFTER[insertion]
+        if part in self.backend.sessions and not (torch.is_grad_enabled() and x.requires_grad):
+            return self.backend.run(part, x)[0]
+        return self.model.local_logits(insertion, x)
+
     def __getattr__(self, name: str) -> Any:
         # Only reached for attributes not defined above: dist_maps, logits_from, local_logits, ... Not for
         # dunders or our own fields, which copy/pickle look up before __init__ ran (endless recursion otherwise).
         if name.startswith("__") or name in ("model", "backend"):
             raise AttributeError(name)
         return getattr(self.model, name)
+
+
+_SHARED_BACKENDS: dict[tuple, OnnxBackend] = {}
+
+
+def shared_backend(model: InteractiveModel, paths: PathLike | Sequence[PathLike]) -> OnnxBackend:
+    """One OnnxBackend per (weights, files, thread count) in this process: a predictor per sample (as
+    `fbrs evaluate` makes them) must not open its ONNX Runtime sessions again each time (~0.1-1 s).
+    Sessions are thread-safe and never modified after opening, so predictors may share them."""
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    key = (weights_fingerprint(model), tuple(str(Path(path).resolve()) for path in paths), torch.get_num_threads())
+    if key not in _SHARED_BACKENDS:
+        _SHARED_BACKENDS[key] = OnnxBackend(model, paths)
+    return _SHARED_BACKENDS[key]
 
 
 def accelerated_model(
@@ -206,8 +300,8 @@ def accelerated_model(
                 raise ConfigError("onnx_files is only used with backend='onnx'")
             return model
         if onnx_files is None:
-            raise ConfigError("backend='onnx' needs onnx_files=... (write them with fbrs export-onnx)")
-        backend = OnnxBackend(model, onnx_files)
+            onnx_files = cached_onnx_files(model, parts_for_mode(mode_spec))
+        backend = shared_backend(model, onnx_files)
     elif not isinstance(backend, OnnxBackend):
         raise ConfigError(f"backend must be 'torch', 'onnx' or an OnnxBackend, got {type(backend).__name__}")
     elif onnx_files is not None:

@@ -1,6 +1,6 @@
 """Export the feed-forward part of an InteractiveModel to ONNX (`fbrs export-onnx`).
 
-What is exported is a *part* of the network, always with the inputs
+What is exported is a *part* of the network. The feed-forward parts take the inputs
 
 * ``image``: (B, 3, H, W) float32, ImageNet-normalised;
 * ``coord_features``: (B, 2, H, W) float32, the distance maps of the clicks (`fbrs.models.distance_maps`).
@@ -13,9 +13,17 @@ N grows with every click) and cost little; the graph starts at the fusion conv. 
 * ``after_aspp`` (f-BRS-B): ``features`` (B, ch + 32, H/4, W/4);
 * ``after_decoder`` (f-BRS-C): ``features`` (B, ch, H/4, W/4).
 
-For the f-BRS parts the predictor runs the rest (the part that BRS differentiates) in PyTorch, so the ONNX
-file must come from the very weights of the torch model: the file's metadata holds the model config and a
-sha256 of its state_dict, which `fbrs.inference.onnx_backend` checks. Batch, height and width are dynamic
+Two more parts hold the *local* layers that f-BRS re-runs at every L-BFGS evaluation
+(`InteractiveModel.local_logits`); they take ``features`` and return ``low_logits`` (B, 1, h, w), the logits
+before the upsampling to the input size:
+
+* ``decoder_head`` (after f-BRS-A's ASPP and after f-BRS-B): ``features`` (B, ch + 32, h, w), decoder + head;
+* ``head`` (after f-BRS-C): ``features`` (B, ch, h, w), the head alone.
+
+The predictor runs them for the whole-map pass of each evaluation, which needs no gradient; the gradient
+(on small windows) stays in torch. Since torch and ONNX Runtime then share the work of one objective, the
+ONNX file must come from the very weights of the torch model: the file's metadata holds the model config and
+a sha256 of its state_dict, which `fbrs.inference.onnx_backend` checks. Batch, height and width are dynamic
 axes (torch.export's dynamic shapes): one file serves every Zoom-In crop size, with or without flip TTA.
 
 Needs the optional dependencies `onnx` and `onnxscript` (the torch.export-based exporter): `pip install
@@ -40,18 +48,27 @@ from fbrs.errors import ConfigError, MissingDependencyError
 from fbrs.io_utils import write_bytes_atomic
 from fbrs.models.interactive_model import INSERTIONS, InteractiveModel
 
-#: Exportable parts: the whole pass, or the network up to an f-BRS insertion point.
-PARTS = ("full", *INSERTIONS)
+#: The local part that f-BRS re-runs after each insertion point (see the module docstring).
+LOCAL_PART_AFTER = {"after_backbone": "decoder_head", "after_aspp": "decoder_head", "after_decoder": "head"}
+#: Exportable parts: the whole pass, the network up to an f-BRS insertion point, the local parts after them.
+PARTS = ("full", *INSERTIONS, "decoder_head", "head")
+LOCAL_PARTS = ("decoder_head", "head")
 INPUT_NAMES = ("image", "coord_features")
+#: Input names of each part, in the order the exported graph takes them.
+PART_INPUTS = {part: ("features",) if part in LOCAL_PARTS else INPUT_NAMES for part in PARTS}
 #: Output names of each part, in the order the exported graph returns them.
 OUTPUT_NAMES = {
     "full": ("logits",),
     "after_backbone": ("features", "skip"),
     "after_aspp": ("features",),
     "after_decoder": ("features",),
+    "decoder_head": ("low_logits",),
+    "head": ("low_logits",),
 }
 #: Version of the metadata layout below; bumped when a reader must tell old files apart.
 FORMAT_VERSION = "1"
+#: An insertion point whose local part each local part is (both insertions before the decoder share one).
+_INSERTION_OF_LOCAL = {"decoder_head": "after_aspp", "head": "after_decoder"}
 INSTALL_HINT = "install the optional ONNX dependencies: pip install 'fbrs[onnx]'"
 
 
@@ -78,7 +95,7 @@ def weights_fingerprint(model: nn.Module) -> str:
 
 
 class ExportedPart(nn.Module):
-    """The traced module of one part: (image (B,3,H,W), coord_features (B,2,H,W)) -> the part's outputs."""
+    """The traced module of one part: its inputs (`PART_INPUTS`) -> its outputs (`OUTPUT_NAMES`)."""
 
     def __init__(self, model: InteractiveModel, part: str) -> None:
         super().__init__()
@@ -87,11 +104,29 @@ class ExportedPart(nn.Module):
         self.model = model
         self.part = part
 
-    def forward(self, image: torch.Tensor, coord_features: torch.Tensor):
+    def forward(self, *inputs: torch.Tensor):
+        if self.part in LOCAL_PARTS:
+            return self.model.local_logits(_INSERTION_OF_LOCAL[self.part], *inputs)
         if self.part == "full":
-            return self.model.forward_with_maps(image, coord_features)
-        features, skip = self.model.features_from_maps(self.part, image, coord_features)
+            return self.model.forward_with_maps(*inputs)
+        features, skip = self.model.features_from_maps(self.part, *inputs)
         return features if skip is None else (features, skip)
+
+
+def example_inputs(
+    model: InteractiveModel, part: str, size: tuple[int, int], batch: int = 2, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, ...]:
+    """Random inputs of `part` for an input image of `size` (H, W): the image and distance maps, or for a
+    local part the features at stride 4 (H/4, W/4)."""
+    parameter = next(model.parameters())
+    options = {"dtype": parameter.dtype, "generator": generator}
+    if part in LOCAL_PARTS:
+        channels = model.insertion_channels(_INSERTION_OF_LOCAL[part])
+        features = torch.randn(batch, channels, size[0] // 4, size[1] // 4, **options)
+        return (features.to(parameter.device),)
+    image = torch.randn(batch, 3, *size, **options)
+    coord_features = torch.rand(batch, 2, *size, **options)
+    return image.to(parameter.device), coord_features.to(parameter.device)
 
 
 def export_onnx_bytes(
@@ -108,15 +143,14 @@ def export_onnx_bytes(
     if part not in PARTS:
         raise ConfigError(f"unknown ONNX part {part!r}; known: {', '.join(PARTS)}")
     height, width = example_size
-    if min(height, width) < 32 or height == width:
-        raise ConfigError(f"example_size must be two different sides >= 32, got {example_size}")
-    parameter = next(model.parameters())
+    if min(height, width) < 32 or height == width or height // 4 == width // 4:
+        raise ConfigError(f"example_size must be two different sides >= 32 (also after // 4), got {example_size}")
     # Batch 2 = the flip-TTA batch; a batch of 1 would be specialised (torch.export treats size 1 as static).
-    image = torch.randn(2, 3, height, width, dtype=parameter.dtype, device=parameter.device)
-    coord_features = torch.rand(2, 2, height, width, dtype=parameter.dtype, device=parameter.device)
+    inputs = example_inputs(model, part, example_size)
+    smallest = 2 if part in LOCAL_PARTS else 16  # a local part sees the stride-4 maps of small crops
     batch = torch.export.Dim("batch", min=1, max=1024)
-    rows = torch.export.Dim("height", min=16, max=65536)
-    cols = torch.export.Dim("width", min=16, max=65536)
+    rows = torch.export.Dim("height", min=smallest, max=65536)
+    cols = torch.export.Dim("width", min=smallest, max=65536)
     axes = {0: batch, 2: rows, 3: cols}
     was_training = model.training
     model.eval()
@@ -124,11 +158,12 @@ def export_onnx_bytes(
         with _quiet_exporter(), torch.no_grad():
             program = torch.onnx.export(
                 ExportedPart(model, part),
-                (image, coord_features),
+                inputs,
                 None,
-                input_names=list(INPUT_NAMES),
+                input_names=list(PART_INPUTS[part]),
                 output_names=list(OUTPUT_NAMES[part]),
-                dynamic_shapes={"image": axes, "coord_features": axes},
+                # ExportedPart.forward takes *inputs: dynamic shapes are given per position.
+                dynamic_shapes=[tuple(axes for _ in inputs)],
                 opset_version=opset,
                 dynamo=True,
                 optimize=True,  # constant folding / fusions: ONNX Runtime ran 2.5x slower without (measured)
@@ -142,7 +177,7 @@ def export_onnx_bytes(
         "fbrs.part": part,
         "fbrs.model_config": model.config.to_json(),
         "fbrs.weights_sha256": weights_fingerprint(model),
-        "fbrs.inputs": ",".join(INPUT_NAMES),
+        "fbrs.inputs": ",".join(PART_INPUTS[part]),
         "fbrs.outputs": ",".join(OUTPUT_NAMES[part]),
         "fbrs.torch_version": torch.__version__,
     }
@@ -203,11 +238,9 @@ def max_difference(model: InteractiveModel, path: str | os.PathLike, size: tuple
 
     backend = OnnxBackend(model, [path], threads=torch.get_num_threads())
     (part,) = backend.parts
-    generator = torch.Generator().manual_seed(0)
-    image = torch.randn(2, 3, *size, generator=generator)
-    coord_features = torch.rand(2, 2, *size, generator=generator)
+    inputs = example_inputs(model, part, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        expected = ExportedPart(model.eval(), part)(image, coord_features)
+        expected = ExportedPart(model.eval(), part)(*inputs)
     expected = expected if isinstance(expected, tuple) else (expected,)
-    actual = backend.run(part, image, coord_features)
+    actual = backend.run(part, *inputs)
     return max(float((a - e).abs().max()) for a, e in zip(actual, expected, strict=True))
