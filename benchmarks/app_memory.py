@@ -43,6 +43,11 @@ def main() -> None:
         "--max-image-side", type=int, default=None,
         help="Predictor(max_image_side=...) through the engine's factory hook (default: the app's own predictors)",
     )
+    parser.add_argument(
+        "--backend", default="torch", choices=["torch", "onnx", "auto"],
+        help="the engine's backend (fbrs app runs auto: ONNX Runtime when installed). Export the files into the "
+        "cache first (a run before): an export in this process would count as the app's peak",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -58,6 +63,11 @@ def main() -> None:
     except CheckpointError:
         model, description = load_model_for_evaluation("mobilenetv2_dh128")
     print(f"model: {description}")
+    if args.backend != "torch":
+        from fbrs.app.cli import prepare_backend
+
+        args.backend = prepare_backend(model, args.backend)  # as the app does at start
+        print(f"backend: {args.backend}")
     print(f"after import + model: rss {rss_mib():.0f} MiB, peak {peak_mib():.0f} MiB")
 
     rows, cols = np.mgrid[0 : args.height, 0 : args.width].astype(np.float32)
@@ -73,10 +83,10 @@ def main() -> None:
         def factory(settings):
             return create_predictor(
                 settings.mode, model=model, zoom_in=settings.zoom_in, prob_threshold=settings.prob_threshold,
-                max_image_side=args.max_image_side,
+                max_image_side=args.max_image_side, backend=args.backend, with_flip=settings.flip,
             )
 
-    engine = PredictionEngine(model, factory=factory)
+    engine = PredictionEngine(model, factory=factory, backend=args.backend)
     session = AnnotationSession(image, engine)
     print(f"image {args.height}x{args.width} open: rss {rss_mib():.0f} MiB, peak {peak_mib():.0f} MiB")
     # The robot stands in for the user: it clicks on a 1/ROBOT_STEP copy of the masks, so that its own

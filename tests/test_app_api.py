@@ -358,3 +358,18 @@ def test_onnx_backend_serves_the_modes_it_can(folder, tmp_path, capsys):
     assert engine.create(PredictorSettings(mode="NoBRS")).backend == "onnx"
     assert engine.create(PredictorSettings(mode="RGB-BRS")).backend == "torch"
     assert tiny_engine().create(PredictorSettings(mode="f-BRS-B")).backend == "torch"  # the engine's default
+
+
+def test_flip_is_off_by_default_and_a_setting_that_replays_the_clicks(client):
+    state = client.post("/api/images/chelsea.jpg/session").json()
+    session_id = state["session_id"]
+    session = client.app.state.store.get(session_id)
+    assert state["settings"]["flip"] is False
+    client.post(f"/api/sessions/{session_id}/clicks", json={"x": 200, "y": 150, "positive": True})
+    assert session._predictor.with_flip is False
+    without_flip = session.probabilities.copy()
+    state = client.put(f"/api/sessions/{session_id}/settings", json={"flip": True}).json()
+    assert state["settings"]["flip"] is True and len(state["clicks"]) == 1
+    assert session._predictor.with_flip is True
+    assert not np.array_equal(session.probabilities, without_flip)  # the click was replayed with the mirror
+    assert client.put(f"/api/sessions/{session_id}/settings", json={"flip": "maybe"}).status_code == 422

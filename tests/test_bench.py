@@ -47,3 +47,21 @@ def test_bench_with_the_onnx_backend_says_which_backend_each_mode_used(tmp_path)
     assert result["settings"]["backend"] == "onnx"
     assert {mode: row["backend"] for mode, row in result["results"].items()} == {"NoBRS": "onnx", "RGB-BRS": "torch"}
     assert "| NoBRS | onnx |" in out.read_text() and "| RGB-BRS | torch |" in out.read_text()
+
+
+def test_peak_memory_is_the_workers_own_not_the_parents(tmp_path):
+    """The per-mode peak comes from a spawned worker; a parent that holds a lot of memory (as after ONNX
+    exports) must not show up in it. getrusage's maxrss in the child did carry the parent's RSS over."""
+    from fbrs.evaluation.bench import BenchSettings, _cpu_peak_memory, process_peak_rss
+
+    ballast = np.ones(700 * 2**20, dtype=np.uint8)  # touched: 700 MiB resident in this process
+    settings = BenchSettings(model="tiny_test", crop_size=64, clicks=2, threads=1)
+    image, mask = synthetic_scene(64)
+    import fbrs
+
+    clicks = robot_click_sequence(fbrs.build_model("tiny_test"), image, mask, clicks=2)
+    peak = _cpu_peak_memory(settings, "NoBRS", clicks)
+    assert process_peak_rss() > ballast.nbytes
+    # torch + the tiny model take a few hundred MiB; with the parent's ballast it would read > 700 MiB.
+    assert peak is not None and 50 * 2**20 < peak < 650 * 2**20
+    del ballast

@@ -23,22 +23,31 @@ APP_MAX_IMAGE_SIDE = 1024
 
 @dataclass(frozen=True)
 class PredictorSettings:
-    """What a predictor is built with. prob_threshold in (0, 1): mask = probabilities > threshold."""
+    """What a predictor is built with. prob_threshold in (0, 1): mask = probabilities > threshold.
+    flip: average with the mirrored image (learned modes). Off in the app, unlike `fbrs evaluate`: it doubles
+    the time of a click for about one click fewer to NoC@90 (docs/performance.md), and a click should feel
+    instant."""
 
     mode: str = DEFAULT_MODE
     zoom_in: bool = True
     prob_threshold: float = 0.49
+    flip: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], base: PredictorSettings | None = None) -> PredictorSettings:
-        known = {key: values[key] for key in ("mode", "zoom_in", "prob_threshold") if key in values}
+        known = {key: values[key] for key in ("mode", "zoom_in", "prob_threshold", "flip") if key in values}
         settings = replace(base or cls(), **known)
         if not 0.0 < float(settings.prob_threshold) < 1.0:
             raise ValueError(f"prob_threshold must lie in (0, 1), got {settings.prob_threshold}")
-        return replace(settings, zoom_in=bool(settings.zoom_in), prob_threshold=float(settings.prob_threshold))
+        return replace(
+            settings,
+            zoom_in=bool(settings.zoom_in),
+            prob_threshold=float(settings.prob_threshold),
+            flip=bool(settings.flip),
+        )
 
 
 PredictorFactory = Callable[[PredictorSettings], Any]
@@ -113,14 +122,19 @@ class PredictionEngine:
         from fbrs.inference.modes import backend_for_mode
 
         needs_model = dict(self._modes).get(settings.mode, True)
-        options = {"backend": backend_for_mode(self.backend, settings.mode)} if needs_model else {}
+        options: dict[str, Any] = {}
+        if needs_model:
+            options = {
+                "backend": backend_for_mode(self.backend, settings.mode),
+                "with_flip": settings.flip,
+                # Photos of many megapixels: the whole-image pass (first click) runs on a 1024 px copy, which
+                # bounds time and memory; Zoom-In crops later clicks at full resolution anyway.
+                "max_image_side": APP_MAX_IMAGE_SIDE,
+            }
         return create_predictor(
             settings.mode,
             model=self.model if needs_model else None,
-            **options,
             zoom_in=settings.zoom_in,
             prob_threshold=settings.prob_threshold,
-            # Photos of many megapixels: the whole-image pass (first click) runs on a 1024 px copy, which
-            # bounds time and memory; Zoom-In crops later clicks at full resolution anyway.
-            **({"max_image_side": APP_MAX_IMAGE_SIDE} if needs_model else {}),
+            **options,
         )

@@ -59,6 +59,7 @@ class SettingsRequest(BaseModel):
     mode: str | None = Field(None, description="predictor mode, see GET /api/info")
     zoom_in: bool | None = None
     prob_threshold: float | None = Field(None, gt=0.0, lt=1.0)
+    flip: bool | None = Field(None, description="flip test-time augmentation (learned modes; 2x the time)")
 
 
 MaskFormat = Literal["png", "rle", "polygons"]
@@ -212,9 +213,11 @@ def create_app(
             raise UnknownImageError("the app was started without an images folder")
         return project
 
-    def parse_settings(mode: str | None, zoom_in: bool | None, prob_threshold: float | None) -> PredictorSettings:
+    def parse_settings(
+        mode: str | None, zoom_in: bool | None, prob_threshold: float | None, flip: bool | None
+    ) -> PredictorSettings:
         values = {key: value for key, value in
-                  {"mode": mode, "zoom_in": zoom_in, "prob_threshold": prob_threshold}.items()
+                  {"mode": mode, "zoom_in": zoom_in, "prob_threshold": prob_threshold, "flip": flip}.items()
                   if value is not None}
         try:
             settings = PredictorSettings.from_dict(values, base=engine.default_settings())
@@ -273,8 +276,9 @@ def create_app(
         mode: Annotated[str | None, Form()] = None,
         zoom_in: Annotated[bool | None, Form()] = None,
         prob_threshold: Annotated[float | None, Form()] = None,
+        flip: Annotated[bool | None, Form()] = None,
     ) -> dict[str, Any]:
-        settings = parse_settings(mode, zoom_in, prob_threshold)
+        settings = parse_settings(mode, zoom_in, prob_threshold, flip)
         array = decode_image_upload(image.file.read(limits.max_upload_bytes + 1), limits)
         return store.add(AnnotationSession(array, engine, settings=settings)).state()
 
@@ -327,7 +331,7 @@ def create_app(
         save_to_folder(session)
         return session.state()
 
-    @app.put("/api/sessions/{session_id}/settings", summary="Change mode / zoom-in / threshold")
+    @app.put("/api/sessions/{session_id}/settings", summary="Change mode / zoom-in / threshold / flip")
     def update_settings(session_id: str, settings: SettingsRequest) -> dict[str, Any]:
         session = session_of(session_id)
         session.update_settings(settings.model_dump(exclude_none=True))
@@ -404,9 +408,10 @@ def create_app(
         mode: Annotated[str | None, Form()] = None,
         zoom_in: Annotated[bool | None, Form()] = None,
         prob_threshold: Annotated[float | None, Form()] = None,
+        flip: Annotated[bool | None, Form()] = None,
         mask_format: Annotated[MaskFormat, Form(alias="format")] = "png",
     ) -> Response:
-        settings = parse_settings(mode, zoom_in, prob_threshold)
+        settings = parse_settings(mode, zoom_in, prob_threshold, flip)
         try:
             click_values = json.loads(clicks)
         except ValueError as error:

@@ -275,7 +275,7 @@ class AnnotationSession:
             self._changed()
 
     def update_settings(self, values: dict[str, Any]) -> None:
-        """Change mode / zoom_in / prob_threshold; the current object's clicks are replayed."""
+        """Change mode / zoom_in / prob_threshold / flip; the current object's clicks are replayed."""
         with self.lock:
             try:
                 settings = PredictorSettings.from_dict(values, base=self.settings)

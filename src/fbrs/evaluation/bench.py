@@ -119,12 +119,29 @@ def _timed_sequence(predictor: Any, image: np.ndarray, clicks: list[RobotClick],
     return times
 
 
+def process_peak_rss() -> int:
+    """Peak resident set of this process in bytes, counted from its last exec.
+
+    On Linux the VmHWM of /proc/self/status: getrusage's ru_maxrss would not do for a spawned worker, since
+    Linux carries the parent's resident set at fork time over into the child's maxrss (a bench that had
+    exported ONNX files read 2.7 GB for every mode). Elsewhere ru_maxrss (KiB on Linux/BSD, bytes on macOS)."""
+    import resource
+    import sys
+
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # "VmHWM:   123456 kB"
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
 def _peak_memory_worker(mode: str, settings_dict: dict, clicks: list[tuple], queue: Any) -> None:
     """Runs in a fresh process: its peak RSS (bytes) after loading the model and one click sequence of `mode`.
 
     The absolute peak, not its growth over the sequence: the growth reads 0 whenever loading peaked higher."""
-    import resource
-
     import torch
 
     from fbrs.evaluation.runner import load_model_for_evaluation
@@ -135,8 +152,7 @@ def _peak_memory_worker(mode: str, settings_dict: dict, clicks: list[tuple], que
     model, _ = load_model_for_evaluation(settings.model)
     image, _ = synthetic_scene(settings.crop_size)
     _timed_sequence(_make_predictor(mode, model, settings), image, [RobotClick(*c) for c in clicks], lambda: None)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    queue.put(after * 1024)  # ru_maxrss is in KiB on Linux
+    queue.put(process_peak_rss())
 
 
 def _cpu_peak_memory(settings: BenchSettings, mode: str, clicks: list[RobotClick]) -> int | None:

@@ -148,6 +148,7 @@ function renderSession() {
     `${session.clicks.length} click${session.clicks.length === 1 ? "" : "s"}, ${session.current_object.area} px`;
   $("mode").value = session.settings.mode;
   $("zoom-in").checked = session.settings.zoom_in;
+  $("flip").checked = session.settings.flip;
   $("threshold").value = session.settings.prob_threshold;
   $("threshold-value").textContent = Number(session.settings.prob_threshold).toFixed(2);
   if (session.latency_ms !== null) {
@@ -295,6 +296,7 @@ function bindControls() {
   $("next-image").addEventListener("click", () => openImage(ui.imageIndex + 1));
   $("mode").addEventListener("change", (event) => updateSettings({ mode: event.target.value }));
   $("zoom-in").addEventListener("change", (event) => updateSettings({ zoom_in: event.target.checked }));
+  $("flip").addEventListener("change", (event) => updateSettings({ flip: event.target.checked }));
   $("threshold").addEventListener("input", (event) => {
     $("threshold-value").textContent = Number(event.target.value).toFixed(2);
   });
