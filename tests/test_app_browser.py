@@ -26,6 +26,16 @@ CHROMIUM_ARGS = [
 IDLE = "() => window.fbrsApp && document.body.dataset.busy === 'false' && window.fbrsApp.queued === 0"
 
 
+def click_canvas(page, point: dict, button: str = "left", timeout_ms: int = 30_000) -> None:
+    """Click image pixel point {"x", "y"} on the app's canvas (whatever its display scale) and wait until
+    the app is idle again."""
+    box = page.locator("#canvas").bounding_box()
+    width, height = page.evaluate("[window.fbrsApp.session.width, window.fbrsApp.session.height]")
+    page.mouse.click(box["x"] + (point["x"] + 0.5) * box["width"] / width,
+                     box["y"] + (point["y"] + 0.5) * box["height"] / height, button=button)
+    page.wait_for_function(IDLE, timeout=timeout_ms)
+
+
 def require_chromium() -> None:
     reason = None
     if not CHROMIUM.exists():
@@ -100,11 +110,7 @@ def test_label_two_objects_in_chromium_and_find_them_on_disk(tmp_path):
             assert page.evaluate("window.fbrsApp.session.settings.mode") == mode
 
             def click_image(point: dict, button: str = "left") -> None:
-                box = page.locator("#canvas").bounding_box()
-                width, height = page.evaluate("[window.fbrsApp.session.width, window.fbrsApp.session.height]")
-                page.mouse.click(box["x"] + (point["x"] + 0.5) * box["width"] / width,
-                                 box["y"] + (point["y"] + 0.5) * box["height"] / height, button=button)
-                page.wait_for_function(IDLE)
+                click_canvas(page, point, button)
 
             # Object 1: positive on the crema, a stray click undone with Z, a negative (right) click.
             click_image(CREMA)

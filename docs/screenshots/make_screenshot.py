@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # tests.test_app_helpers: the live server and the sample click points
 
-from tests.test_app_browser import CHROMIUM, CHROMIUM_ARGS, IDLE  # noqa: E402
+from tests.test_app_browser import CHROMIUM, CHROMIUM_ARGS, IDLE, click_canvas  # noqa: E402
 from tests.test_app_helpers import CREMA, SPOON, LiveServer  # noqa: E402
 
 
@@ -50,18 +50,10 @@ def main() -> None:
                 page.wait_for_function("() => window.fbrsApp.session.image_name === 'coffee.jpg'")
                 page.wait_for_function(IDLE)
 
-                def click_image(point: dict) -> None:
-                    box = page.locator("#canvas").bounding_box()
-                    width, height = page.evaluate("[window.fbrsApp.session.width, window.fbrsApp.session.height]")
-                    x = box["x"] + (point["x"] + 0.5) * box["width"] / width
-                    y = box["y"] + (point["y"] + 0.5) * box["height"] / height
-                    page.mouse.click(x, y)
-                    page.wait_for_function(IDLE, timeout=120_000)
-
-                click_image(CREMA)
+                click_canvas(page, CREMA, timeout_ms=120_000)
                 page.click("#finish")
                 page.wait_for_function(IDLE)
-                click_image(SPOON)
+                click_canvas(page, SPOON, timeout_ms=120_000)
                 page.screenshot(path=str(args.out))
             finally:
                 browser.close()
