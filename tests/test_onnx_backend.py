@@ -264,3 +264,15 @@ def test_cli_predict_with_the_onnx_backend(tiny_model, image, tmp_path, capsys):
     arguments = ["predict", str(tmp_path / "image.png"), "--model", str(model_path), "--mode", "RGB-BRS"]
     assert main([*arguments, "--click", "30,40,+", "--backend", "onnx", "-o", str(tmp_path / "x.png")]) == 2
     assert "supports NoBRS and f-BRS" in capsys.readouterr().err
+
+
+def test_a_damaged_cache_file_is_exported_again(tiny_model, image, tmp_path, monkeypatch):
+    monkeypatch.setenv("FBRS_CACHE_DIR", str(tmp_path))
+    (full,) = cached_onnx_files(tiny_model, ["full"])
+    full.write_bytes(b"truncated by a full disk")
+    predictor = fbrs.Predictor(tiny_model, mode="NoBRS", backend="onnx")
+    predictor.set_image(image)
+    expected = fbrs.Predictor(tiny_model, mode="NoBRS")
+    expected.set_image(image)
+    np.testing.assert_allclose(predictor.add_click(30, 40, True), expected.add_click(30, 40, True), atol=PROB_TOLERANCE)
+    assert full.stat().st_size > 1000

@@ -29,7 +29,7 @@ BatchNorm into the convolutions and uses its own kernels), not bit for bit.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,9 +81,11 @@ def cached_onnx_files(
     model: InteractiveModel,
     parts: Sequence[str],
     cache_dir: PathLike | None = None,
-    notify: Any = None,
+    notify: Callable[[str], None] | None = None,
+    refresh: bool = False,
 ) -> list[Path]:
-    """The .onnx files of `parts` of `model` in the cache, exported (atomically) where missing.
+    """The .onnx files of `parts` of `model` in the cache, exported (atomically) where missing, or all of
+    them again with `refresh`.
 
     The folder is <cache_dir>/onnx/<model name>-<first 16 hex digits of the weights' sha256>, so a retrained
     or recalibrated model never meets the files of another. notify(message) is called before each export
@@ -97,7 +99,7 @@ def cached_onnx_files(
     paths = []
     for part in parts:
         path = folder / f"{part}.onnx"
-        if not path.is_file():
+        if refresh or not path.is_file():
             require_modules("onnx", "onnxscript", "onnxruntime")
             if notify is not None:
                 notify(f"exporting {model.config.name} part {part} to ONNX (once per model): {path}")
@@ -299,9 +301,15 @@ def accelerated_model(
             if onnx_files is not None:
                 raise ConfigError("onnx_files is only used with backend='onnx'")
             return model
-        if onnx_files is None:
-            onnx_files = cached_onnx_files(model, parts_for_mode(mode_spec))
-        backend = shared_backend(model, onnx_files)
+        if onnx_files is not None:
+            backend = shared_backend(model, onnx_files)
+        else:
+            parts = parts_for_mode(mode_spec)
+            try:
+                backend = shared_backend(model, cached_onnx_files(model, parts))
+            except CheckpointError:
+                # A cached file another fbrs version wrote (other format) or one damaged on disk: export again.
+                backend = shared_backend(model, cached_onnx_files(model, parts, refresh=True))
     elif not isinstance(backend, OnnxBackend):
         raise ConfigError(f"backend must be 'torch', 'onnx' or an OnnxBackend, got {type(backend).__name__}")
     elif onnx_files is not None:
