@@ -67,7 +67,7 @@ OUTPUT_NAMES = {
 }
 #: Version of the metadata layout below; bumped when a reader must tell old files apart.
 FORMAT_VERSION = "1"
-#: An insertion point whose local part each local part is (both insertions before the decoder share one).
+#: For each local part, an insertion point it follows (f-BRS-A and f-BRS-B share decoder_head).
 _INSERTION_OF_LOCAL = {"decoder_head": "after_aspp", "head": "after_decoder"}
 INSTALL_HINT = "install the optional ONNX dependencies: pip install 'fbrs[onnx]'"
 
