@@ -373,3 +373,12 @@ def test_flip_is_off_by_default_and_a_setting_that_replays_the_clicks(client):
     assert session._predictor.with_flip is True
     assert not np.array_equal(session.probabilities, without_flip)  # the click was replayed with the mirror
     assert client.put(f"/api/sessions/{session_id}/settings", json={"flip": "maybe"}).status_code == 422
+
+
+def test_backend_choice_resolves_to_what_runs(monkeypatch):
+    from fbrs.app.cli import prepare_backend
+    from fbrs.inference import modes
+
+    assert prepare_backend(None, "auto") == "torch"  # no model: baselines only
+    monkeypatch.setattr(modes, "onnx_available", lambda: False)
+    assert prepare_backend(tiny_engine().model, "auto") == "torch"

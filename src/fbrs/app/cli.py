@@ -61,15 +61,17 @@ def build_app(
 
 
 def prepare_backend(model: Any, backend: str) -> str:
-    """Export the default mode's ONNX parts now (once per model, then cached), so that the first click does
-    not wait for it; other modes export on first use. "auto" falls back to torch, with a warning, when the
-    export fails (e.g. an unwritable cache folder); "onnx" raises."""
+    """The backend the app will run ("onnx" or "torch") for the choice `backend` ("auto", "torch", "onnx").
+
+    With ONNX Runtime, export the default mode's parts now (once per model, then cached), so that the first
+    click does not wait for it; other modes export on first use. "auto" falls back to torch, with a warning,
+    when the export fails (e.g. an unwritable cache folder); "onnx" raises."""
     from fbrs.app.engine import DEFAULT_MODE
     from fbrs.errors import FbrsError
     from fbrs.inference.modes import MODES, backend_for_mode
 
     if model is None or backend_for_mode(backend, DEFAULT_MODE) != "onnx":
-        return "torch" if model is None else backend
+        return "torch"
     from fbrs.inference.onnx_backend import cached_onnx_files, parts_for_mode
 
     try:
@@ -79,7 +81,7 @@ def prepare_backend(model: Any, backend: str) -> str:
             raise
         print(f"fbrs app: warning: ONNX Runtime not used ({error}); running in torch", file=sys.stderr)
         return "torch"
-    return backend
+    return "onnx"
 
 
 def run_app(
