@@ -14,32 +14,21 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-import torch
+from photo_protocol import add_photo_arguments, load_photo_samples, photo_predictor
 
-from fbrs.evaluation.datasets import load_dataset
-from fbrs.evaluation.runner import default_predictor_factory, evaluate_sample, load_model_for_evaluation
+from fbrs.evaluation.runner import evaluate_sample
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="checkpoint; default: the bundled model")
-    parser.add_argument("--dataset", default="GrabCut")
-    parser.add_argument("--every", type=int, default=10, help="take every N-th sample")
-    parser.add_argument("--mode", default="f-BRS-B")
-    parser.add_argument("--no-flip", action="store_true")
-    parser.add_argument("--threads", type=int, default=1)
+    add_photo_arguments(parser)
     args = parser.parse_args()
 
-    torch.set_num_threads(args.threads)
-    model, _ = load_model_for_evaluation(args.model)
-    dataset = load_dataset(args.dataset)
-    samples = [dataset[index] for index in range(0, len(dataset), args.every)]
+    model, samples = load_photo_samples(args)
     curves: dict[str, list[list[float]]] = {}
     for round_index, backends in enumerate((("torch", "onnx"), ("onnx", "torch"))):
         for backend in backends:
-            predictor = default_predictor_factory(
-                args.mode, model, with_flip=not args.no_flip, zoom_in_target_size=400, backend=backend
-            )
+            predictor = photo_predictor(args, model, backend)
             seconds, ious = [], []
             for sample in samples:
                 result = evaluate_sample(predictor, sample, max_clicks=20, target_iou=0.90)

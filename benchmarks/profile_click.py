@@ -17,33 +17,22 @@ import io
 import pstats
 import time
 
-import torch
+from photo_protocol import add_photo_arguments, load_photo_samples, photo_predictor
 
-from fbrs.evaluation.datasets import load_dataset
-from fbrs.evaluation.runner import default_predictor_factory, evaluate_sample, load_model_for_evaluation
+from fbrs.evaluation.runner import evaluate_sample
 from fbrs.io_utils import write_text_atomic
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="checkpoint; default: the bundled model")
-    parser.add_argument("--dataset", default="GrabCut")
-    parser.add_argument("--every", type=int, default=10, help="take every N-th sample")
-    parser.add_argument("--mode", default="f-BRS-B")
+    add_photo_arguments(parser)
     parser.add_argument("--backend", default="torch", choices=["torch", "onnx"])
-    parser.add_argument("--no-flip", action="store_true")
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--lines", type=int, default=30, help="functions to list")
     parser.add_argument("--out", help="write the report here (atomically) besides printing it")
     args = parser.parse_args()
 
-    torch.set_num_threads(args.threads)
-    model, _ = load_model_for_evaluation(args.model)
-    dataset = load_dataset(args.dataset)
-    samples = [dataset[index] for index in range(0, len(dataset), args.every)]
-    predictor = default_predictor_factory(
-        args.mode, model, with_flip=not args.no_flip, zoom_in_target_size=400, backend=args.backend
-    )
+    model, samples = load_photo_samples(args)
+    predictor = photo_predictor(args, model, args.backend)
     evaluate_sample(predictor, samples[0], max_clicks=2, target_iou=0.90)  # warm-up: sessions, allocator
     profile = cProfile.Profile()
     clicks = 0

@@ -246,6 +246,9 @@ def test_backend_choice_per_mode(monkeypatch):
     assert modes.backend_for_mode("onnx", "NoBRS") == "onnx"  # asked for explicitly: the error will say why
     with pytest.raises(ConfigError, match="unknown backend"):
         modes.backend_for_mode("tensorrt", "NoBRS")
+    assert modes.backend_for_mode("auto", "NoBRS", device="cuda") == "torch"  # ONNX Runtime runs on the CPU
+    with pytest.raises(ConfigError, match="runs on the CPU"):
+        modes.check_backend_choice("onnx", "cuda")
 
 
 def test_cli_predict_with_the_onnx_backend(tiny_model, image, tmp_path, capsys):

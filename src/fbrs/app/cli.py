@@ -68,14 +68,14 @@ def prepare_backend(model: Any, backend: str) -> str:
     when the export fails (e.g. an unwritable cache folder); "onnx" raises."""
     from fbrs.app.engine import DEFAULT_MODE
     from fbrs.errors import FbrsError
-    from fbrs.inference.modes import MODES, backend_for_mode
+    from fbrs.inference.modes import backend_for_mode
 
     if model is None or backend_for_mode(backend, DEFAULT_MODE) != "onnx":
         return "torch"
-    from fbrs.inference.onnx_backend import cached_onnx_files, parts_for_mode
+    from fbrs.inference.onnx_backend import export_for_modes
 
     try:
-        cached_onnx_files(model, parts_for_mode(MODES[DEFAULT_MODE]), notify=lambda text: print(f"fbrs app: {text}"))
+        export_for_modes(model, [DEFAULT_MODE], notify=lambda text: print(f"fbrs app: {text}"))
     except FbrsError as error:
         if backend == "onnx":
             raise

@@ -55,12 +55,9 @@ class BenchSettings:
             raise ConfigError(f"--repeats must be >= 1, got {self.repeats}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {self.threads}")
-        from fbrs.inference.modes import BACKEND_CHOICES
+        from fbrs.inference.modes import check_backend_choice
 
-        if self.backend not in BACKEND_CHOICES:
-            raise ConfigError(f"--backend must be one of {', '.join(BACKEND_CHOICES)}, got {self.backend!r}")
-        if self.backend == "onnx" and self.device != "cpu":
-            raise ConfigError("--backend onnx runs on the CPU: use --device cpu")
+        check_backend_choice(self.backend, self.device)
 
 
 def synthetic_scene(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -81,7 +78,7 @@ def synthetic_scene(size: int) -> tuple[np.ndarray, np.ndarray]:
 def _backend(mode: str, settings: BenchSettings) -> str:
     from fbrs.inference.modes import backend_for_mode
 
-    return "torch" if settings.device != "cpu" else backend_for_mode(settings.backend, mode)
+    return backend_for_mode(settings.backend, mode, settings.device)
 
 
 def _make_predictor(mode: str, model: Any, settings: BenchSettings) -> Any:
@@ -192,12 +189,11 @@ def run_benchmark(settings: BenchSettings, out_path: str | os.PathLike) -> dict[
     model, model_description = load_model_for_evaluation(settings.model, settings.device)
     synchronize = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
-    for mode in modes:
-        if _backend(mode, settings) == "onnx":  # export before timing anything (once per model, then cached)
-            from fbrs.inference.modes import MODES
-            from fbrs.inference.onnx_backend import cached_onnx_files, parts_for_mode
+    onnx_modes = [mode for mode in modes if _backend(mode, settings) == "onnx"]
+    if onnx_modes:  # export before timing anything (once per model, then cached)
+        from fbrs.inference.onnx_backend import export_for_modes
 
-            cached_onnx_files(model, parts_for_mode(MODES[mode]), notify=lambda message: print(message, flush=True))
+        export_for_modes(model, onnx_modes, notify=lambda message: print(message, flush=True))
 
     image, mask = synthetic_scene(settings.crop_size)
     clicks = robot_click_sequence(model, image, mask, settings.clicks, settings.with_flip)

@@ -93,18 +93,15 @@ class EvaluationSettings:
             raise ConfigError(f"--limit must be >= 1, got {self.limit}")
         if self.jobs > 1 and self.device != "cpu":
             raise ConfigError(f"--jobs {self.jobs} runs CPU worker processes; use --jobs 1 with --device {self.device}")
-        from fbrs.inference.modes import BACKEND_CHOICES
+        from fbrs.inference.modes import check_backend_choice
 
-        if self.backend not in BACKEND_CHOICES:
-            raise ConfigError(f"--backend must be one of {', '.join(BACKEND_CHOICES)}, got {self.backend!r}")
-        if self.backend == "onnx" and self.device != "cpu":
-            raise ConfigError("--backend onnx runs on the CPU: use --device cpu")
+        check_backend_choice(self.backend, self.device)
 
     def backend_for(self, mode: str) -> str:
         """"torch" or "onnx" for `mode` (modes ONNX Runtime cannot run stay in torch)."""
         from fbrs.inference.modes import backend_for_mode
 
-        return "torch" if self.device != "cpu" else backend_for_mode(self.backend, mode)
+        return backend_for_mode(self.backend, mode, self.device)
 
     def identity(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in IDENTITY_FIELDS}
@@ -465,8 +462,12 @@ def run_evaluation(
     else:
         model_description = {"kind": "none"}
     _write_or_check_config(run_dir, settings, model_description, list(datasets))
-    if predictor_factory is None:
-        _export_onnx_parts(settings, model, progress)
+    onnx_modes = [mode for mode in settings.modes if settings.backend_for(mode) == "onnx"]
+    if predictor_factory is None and onnx_modes:
+        from fbrs.inference.onnx_backend import export_for_modes
+
+        # Here, once, before the workers would race to export the same files.
+        export_for_modes(model, onnx_modes, notify=print if progress else None)
 
     tasks = _pending_tasks(run_dir, settings, datasets)
     context = _WorkerContext(settings, datasets, model, factory, run_dir)
@@ -477,17 +478,6 @@ def run_evaluation(
         writer.close()
     summary = write_run_reports(run_dir, datasets=datasets, context=context)
     return summary
-
-
-def _export_onnx_parts(settings: EvaluationSettings, model: Any, verbose: bool) -> None:
-    """Export what the ONNX modes need into the cache here, once, before workers race to do it each."""
-    from fbrs.inference.modes import MODES
-    from fbrs.inference.onnx_backend import cached_onnx_files, parts_for_mode
-
-    onnx_modes = [mode for mode in settings.modes if settings.backend_for(mode) == "onnx"]
-    parts = [part for mode in onnx_modes for part in parts_for_mode(MODES[mode])]
-    if parts:
-        cached_onnx_files(model, list(dict.fromkeys(parts)), notify=print if verbose else None)
 
 
 def _load_datasets(settings: EvaluationSettings) -> dict[str, Dataset]:

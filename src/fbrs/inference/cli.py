@@ -50,11 +50,10 @@ def run_predict(args: argparse.Namespace) -> int:
     model = _load_model_arg(args.model)
     backend = args.backend
     if backend == "onnx":
-        from fbrs.inference.modes import MODES
-        from fbrs.inference.onnx_backend import cached_onnx_files, parts_for_mode
+        from fbrs.inference.onnx_backend import export_for_modes
 
         # Here rather than inside the Predictor: tell the user why the first run waits.
-        cached_onnx_files(model, parts_for_mode(MODES[args.mode]), notify=_print_stderr)
+        export_for_modes(model, [args.mode], notify=_print_stderr)
     predictor = Predictor(
         model,
         mode=args.mode,

@@ -47,16 +47,24 @@ def onnx_available() -> bool:
     return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx", "onnxscript"))
 
 
-def backend_for_mode(choice: str, mode: str) -> str:
+def check_backend_choice(choice: str, device: str = "cpu") -> None:
+    """ConfigError unless `choice` is one of BACKEND_CHOICES and fits `device` (ONNX Runtime runs on the CPU)."""
+    from fbrs.errors import ConfigError
+
+    if choice not in BACKEND_CHOICES:
+        raise ConfigError(f"unknown backend {choice!r}; choose from {', '.join(BACKEND_CHOICES)}")
+    if choice == "onnx" and device != "cpu":
+        raise ConfigError(f"--backend onnx runs on the CPU, not on {device}: use --device cpu")
+
+
+def backend_for_mode(choice: str, mode: str, device: str = "cpu") -> str:
     """The backend a CLI option `choice` (BACKEND_CHOICES) gives `mode`: "onnx" or "torch".
 
     "onnx" falls back to torch only for the modes ONNX cannot run (so that `--backend onnx --modes
-    NoBRS,RGB-BRS,f-BRS-B` measures what it can); "auto" also when the onnx extra is not installed."""
-    if choice not in BACKEND_CHOICES:
-        from fbrs.errors import ConfigError
-
-        raise ConfigError(f"unknown backend {choice!r}; choose from {', '.join(BACKEND_CHOICES)}")
-    if choice == "torch" or not supports_onnx(mode):
+    NoBRS,RGB-BRS,f-BRS-B` measures what it can); "auto" also when the onnx extra is not installed or the
+    model is not on the CPU."""
+    check_backend_choice(choice, device if choice == "onnx" else "cpu")
+    if choice == "torch" or device != "cpu" or not supports_onnx(mode):
         return "torch"
     if choice == "auto" and not onnx_available():
         return "torch"

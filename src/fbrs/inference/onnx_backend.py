@@ -271,6 +271,17 @@ class OnnxAcceleratedModel:
         return getattr(self.model, name)
 
 
+def export_for_modes(
+    model: InteractiveModel, modes: Sequence[str], notify: Callable[[str], None] | None = None
+) -> list[Path]:
+    """Export into the cache, now, what the named modes (fbrs.inference.modes.MODES) need to run in ONNX
+    Runtime: the CLIs call it before a run so that the wait is announced and workers do not race to export."""
+    from fbrs.inference.modes import MODES
+
+    parts = [part for mode in modes for part in parts_for_mode(MODES[mode])]
+    return cached_onnx_files(model, list(dict.fromkeys(parts)), notify=notify) if parts else []
+
+
 _SHARED_BACKENDS: dict[tuple, OnnxBackend] = {}
 
 
