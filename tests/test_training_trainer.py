@@ -154,3 +154,22 @@ def test_cuda_training_with_mixed_precision(person_folder, tmp_path):
     assert trainer.amp_dtype in (torch.bfloat16, torch.float16)
     trainer.fit()
     assert trainer.step == 4 and next(trainer.model.parameters()).is_cuda
+
+
+def test_training_commands_need_no_web_or_onnx_stack(tmp_path):
+    """A bare GPU box (torch + numpy + scipy + pillow) runs `fbrs train`: building the `fbrs` parser must not
+    import FastAPI, uvicorn, PyMaxflow or ONNX. (Session 5's first GPU call failed on exactly this.)"""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "for name in ('fastapi', 'uvicorn', 'starlette', 'multipart', 'maxflow', 'onnx', 'onnxruntime'):\n"
+        "    sys.modules[name] = None  # any import of these now raises ImportError\n"
+        "from fbrs.cli import build_parser\n"
+        "args = build_parser().parse_args(['train', 'recipe.toml', '--device', 'cpu'])\n"
+        "print(args.command, args.handler.__module__)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["train", "fbrs.training.cli"]

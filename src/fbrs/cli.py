@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 
 from fbrs.errors import FbrsError
@@ -26,8 +25,6 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for module_name in COMMAND_MODULES:
-        if importlib.util.find_spec(module_name) is None:
-            continue
         importlib.import_module(module_name).register(subparsers)
     return parser
 
