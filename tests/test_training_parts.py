@@ -160,6 +160,39 @@ def test_clicks_respect_object_margins_spacing_and_ignore(coco_folder):
     assert {"background_band", "far_background", "other_objects"} <= seen_strategies
 
 
+def _whole_crop_distance(values, box, margin, fill):
+    """The plain whole-crop transform that `_distance_to_zero_in_box` replaces (background distances capped
+    at `fill`, which the sampler's thresholds cannot tell apart from anything larger)."""
+    distances = ndimage.distance_transform_edt(values)
+    return np.minimum(distances, fill) if fill > 0 else distances
+
+
+@pytest.mark.parametrize("shape_kind", ["blob", "touches_borders", "thin_line", "fills_crop", "two_parts"])
+def test_windowed_distance_transforms_sample_the_same_clicks_as_whole_crop_ones(shape_kind, monkeypatch):
+    import fbrs.training.click_sampler as click_sampler
+
+    height, width = 96, 128
+    yy, xx = np.mgrid[:height, :width]
+    target = {
+        "blob": (yy - 40) ** 2 / 400 + (xx - 70) ** 2 / 900 < 1,
+        "touches_borders": (yy < 30) | (xx > 110),
+        "thin_line": (np.abs(yy - xx // 2) <= 1) & (xx > 10),
+        "fills_crop": np.ones((height, width), bool),
+        "two_parts": ((yy - 20) ** 2 + (xx - 20) ** 2 < 100) | ((yy - 80) ** 2 + (xx - 110) ** 2 < 150),
+    }[shape_kind]
+    others = ((yy - 70) ** 2 + (xx - 30) ** 2 < 120) & ~target
+    ignore = np.zeros_like(target)
+    ignore[:, :6] = True
+    config = ClickConfig(negative_band=20)
+    windowed = [sample_clicks(target, others, ignore, config, np.random.default_rng(seed)) for seed in range(12)]
+    monkeypatch.setattr(click_sampler, "_distance_to_zero_in_box", _whole_crop_distance)
+    whole = [sample_clicks(target, others, ignore, config, np.random.default_rng(seed)) for seed in range(12)]
+    for a, b in zip(windowed, whole, strict=True):
+        assert a.strategy == b.strategy
+        np.testing.assert_array_equal(a.positives, b.positives)
+        np.testing.assert_array_equal(a.negatives, b.negatives)
+
+
 def test_clicks_on_an_empty_object_are_refused():
     with pytest.raises(ValueError, match="empty"):
         sample_clicks(np.zeros((8, 8), bool), None, None, ClickConfig(), np.random.default_rng(0))
@@ -298,3 +331,25 @@ def test_dataset_kind_reads_through_the_evaluation_loaders(data_dir, tmp_path):
     direct_records = index_source(direct, 0, 0)
     assert [r.object_areas for r in loader_records] == [r.object_areas for r in direct_records]
     assert {r.source for r in loader_records} == {r.source for r in direct_records}
+
+
+def test_persistent_loader_workers_follow_the_epoch(coco_folder):
+    """The trainer keeps one DataLoader with persistent workers: the epoch reaches them through the
+    sampler's (epoch, position) keys, so epoch 1 draws new crops, exactly those of in-process sampling."""
+    from fbrs.training.data import EpochPositions
+
+    config = load_config(
+        REPO / "configs" / "tiny_test.toml",
+        [f'data.sources=[{{path="{coco_folder}"}}]', "data.validation_fraction=0.0", "data.samples_per_epoch=6"],
+    )
+    dataset = TrainingDataset(TrainingData(config.data), config, seed=3)
+    sampler = EpochPositions(len(dataset))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=3, sampler=sampler, num_workers=2, persistent_workers=True)
+    images = {}
+    for epoch, start in ((0, 0), (1, 3)):
+        sampler.start_epoch(epoch, start)
+        images[epoch] = torch.cat([batch["image"] for batch in loader])
+        expected = torch.stack([dataset[(epoch, position)]["image"] for position in range(start, 6)])
+        assert torch.equal(images[epoch], expected)
+    assert images[1].shape[0] == 3  # a resumed epoch starts at its saved position
+    assert not torch.equal(images[1], images[0][3:])

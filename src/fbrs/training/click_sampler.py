@@ -57,6 +57,30 @@ def _spaced_choice(candidates: np.ndarray, count: int, spacing: float, rng: np.r
     return np.stack(chosen).astype(np.float32)
 
 
+def _distance_to_zero_in_box(
+    values: np.ndarray, box: tuple[int, int, int, int], margin: int, fill: float
+) -> np.ndarray:
+    """scipy's Euclidean distance transform of `values` (each pixel's distance to the nearest False pixel),
+    computed only in the window `box` = (top, bottom, left, right, exclusive ends) of the object grown by
+    `margin` and clipped to the image; pixels outside the window get `fill`.
+
+    Exact for the two uses below. Object (margin 1): the nearest background pixel of an object pixel is
+    never farther than the ring around the object's box, which is in the window, and every pixel outside the
+    window is background (0 = `fill`). Background (`values` = ~object): all object pixels are in the window,
+    so every window pixel is exact; outside it the distance exceeds `margin` - 1, which is all the caller
+    asks. A training crop is mostly background, so this is much cheaper than the whole-crop transform.
+    """
+    top, bottom, left, right = box
+    height, width = values.shape
+    window = (
+        slice(max(top - margin, 0), min(bottom + margin, height)),
+        slice(max(left - margin, 0), min(right + margin, width)),
+    )
+    distances = np.full(values.shape, fill, dtype=np.float64)
+    distances[window] = ndimage.distance_transform_edt(values[window])
+    return distances
+
+
 def sample_clicks(
     object_mask: np.ndarray,
     other_objects: np.ndarray | None,
@@ -74,7 +98,10 @@ def sample_clicks(
         raise ValueError("cannot sample clicks for an empty object mask")
     allowed = np.ones_like(object_mask) if ignore is None else ~np.asarray(ignore, dtype=bool)
 
-    distance_inside = ndimage.distance_transform_edt(object_mask)
+    rows, columns = np.any(object_mask, axis=1), np.any(object_mask, axis=0)
+    top, bottom = np.argmax(rows), len(rows) - np.argmax(rows[::-1])
+    left, right = np.argmax(columns), len(columns) - np.argmax(columns[::-1])
+    distance_inside = _distance_to_zero_in_box(object_mask, (top, bottom, left, right), 1, fill=0.0)
     positive_region = object_mask & allowed & (distance_inside > config.positive_margin)
     if not positive_region.any():
         # Thin objects: take their most interior pixels rather than no click at all.
@@ -87,7 +114,11 @@ def sample_clicks(
 
     negative_count = int(rng.integers(0, config.max_negative + 1))
     background = ~object_mask & allowed
-    distance_outside = ndimage.distance_transform_edt(~object_mask)
+    # Beyond the band around the object's box every pixel is "far": its exact distance is never needed.
+    far = float(config.negative_band + 1)
+    distance_outside = _distance_to_zero_in_box(
+        ~object_mask, (top, bottom, left, right), int(config.negative_band) + 1, fill=far
+    )
     away_from_object = background & (distance_outside > config.negative_margin)
     regions = (
         away_from_object & (distance_outside <= config.negative_band),

@@ -335,8 +335,12 @@ class TrainingDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, self.epoch, position])
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        """Sample `key` = (epoch, position), or a position of the epoch set by `set_epoch`. The sample depends
+        on (seed, epoch, position) alone, so a resumed run and DataLoader workers that outlive an epoch
+        (persistent workers never see `set_epoch` in the main process) draw the same crops and clicks."""
+        epoch, position = key if isinstance(key, tuple) else (self.epoch, key)
+        rng = np.random.default_rng([self.seed, epoch, position])
         probabilities = self.data.weights / self.data.weights.sum()
         for _ in range(self._ATTEMPTS):
             source_index = int(rng.choice(len(probabilities), p=probabilities))
@@ -360,14 +364,22 @@ class TrainingDataset(torch.utils.data.Dataset):
 
 
 class EpochPositions(torch.utils.data.Sampler):
-    """Positions start, start + world_size, ... of an epoch for this process (rank): the epoch is split
-    between DDP processes like DistributedSampler does, and `start` skips what a resumed run already saw."""
+    """(epoch, position) keys of one epoch for this process (rank): positions start + rank, start + rank +
+    world_size, ... The epoch is split between DDP processes like DistributedSampler does, and `start`
+    skips what a resumed run already saw. One sampler serves every epoch (`start_epoch`), so the trainer
+    keeps one DataLoader whose workers persist instead of starting new ones at each epoch."""
 
-    def __init__(self, length: int, start: int = 0, rank: int = 0, world_size: int = 1) -> None:
-        self.positions = range(start + rank, length, world_size)
+    def __init__(self, length: int, start: int = 0, rank: int = 0, world_size: int = 1, epoch: int = 0) -> None:
+        self.length, self.rank, self.world_size = length, rank, world_size
+        self.start_epoch(epoch, start)
+
+    def start_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch = epoch
+        self.positions = range(start + self.rank, self.length, self.world_size)
 
     def __iter__(self):
-        return iter(self.positions)
+        epoch = self.epoch
+        return ((epoch, position) for position in self.positions)
 
     def __len__(self) -> int:
         return len(self.positions)
