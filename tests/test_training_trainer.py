@@ -95,6 +95,29 @@ def test_resume_after_a_crash_mid_epoch_gives_the_same_weights(person_folder, tm
         assert torch.equal(value, resumed.model.state_dict()[key]), key
 
 
+def test_init_from_continues_a_saved_model_and_records_its_lineage(person_folder, tmp_path):
+    first = Trainer(_config(person_folder, tmp_path / "first"), progress=False)
+    first.fit()
+    parent = tmp_path / "first" / "best.safetensors"
+    parent_weights = load_model(parent).state_dict()
+    second = Trainer(_config(person_folder, tmp_path / "second", f'model.init_from="{parent}"'), progress=False)
+    for key, value in second.model.state_dict().items():  # starts from the saved weights, not a fresh init
+        assert torch.equal(value.cpu(), parent_weights[key].to(value.dtype)), key
+    second.fit()
+    child = tmp_path / "second" / "best.safetensors"
+    third = Trainer(_config(person_folder, tmp_path / "third", f'model.init_from="{child}"'), progress=False)
+    third.fit()
+
+    parent_metadata = read_metadata(parent)
+    assert "lineage" not in parent_metadata  # trained from scratch
+    lineage = read_metadata(tmp_path / "third" / "best.safetensors")["lineage"]
+    assert [entry["file"] for entry in lineage] == ["best.safetensors", "best.safetensors"]
+    assert lineage[0]["step"] == parent_metadata["step"]
+    assert lineage[0]["validation_score"] == pytest.approx(parent_metadata["validation"]["score"])
+    assert lineage[0]["recipe"]["name"] == "tiny_test" and lineage[0]["recipe"]["batch_size"] == 4
+    assert lineage[1]["step"] == read_metadata(child)["step"]
+
+
 def test_training_steps_fit_a_fixed_batch(person_folder, tmp_path):
     trainer = Trainer(_config(person_folder, tmp_path / "overfit", "optimizer.lr=5e-3"), progress=False)
     trainer._set_learning_rate()

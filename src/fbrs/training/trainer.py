@@ -5,7 +5,8 @@ checkpoints every epoch and every few minutes, resume, DDP via torchrun and mixe
 Files in `run.output_dir`:
   last.pt            full training state (model, optimizer, AMP scaler, epoch / position / step, elapsed
                      time, best metric, RNG states); `--resume` continues from it
-  best.safetensors   the model (fbrs.save_model format) with the best validation score so far
+  best.safetensors   the model (fbrs.save_model format) with the best validation score so far; its metadata
+                     holds the recipe, step, validation and, after `model.init_from`, the parent's lineage
   train_log.csv      step, epoch, lr, loss, samples/s, elapsed seconds
   validation_log.csv step, epoch, IoU@k, NoC, elapsed seconds
   config.json        the full resolved config of the run
@@ -35,6 +36,43 @@ from fbrs.training.losses import build_loss
 from fbrs.training.validation import validate, validation_score
 
 CHECKPOINT_FORMAT = "fbrs-train-checkpoint-1"
+
+
+def lineage_entry(metadata: dict[str, Any], name: str) -> dict[str, Any]:
+    """One line of a model's history: what trained the model whose metadata this is (a file written by the
+    trainer, maybe calibrated since). A model trained with `model.init_from` stores its parent's lineage plus
+    the parent's own entry under "lineage", so a file says how it came to be across runs and machines."""
+    recipe = metadata.get("training_config", {})
+    entry: dict[str, Any] = {"file": name}
+    for key in ("step", "epoch", "elapsed_seconds", "device", "world_size"):
+        if key in metadata:
+            entry[key] = metadata[key]
+    if recipe:
+        entry["recipe"] = {
+            "name": recipe.get("name"),
+            "data": [source.get("path") for source in recipe.get("data", {}).get("sources", [])],
+            "batch_size": recipe.get("optimizer", {}).get("batch_size"),
+            "lr": recipe.get("optimizer", {}).get("lr"),
+            "crop_size": recipe.get("augment", {}).get("crop_size"),
+            "time_budget_minutes": recipe.get("schedule", {}).get("time_budget_minutes"),
+        }
+    if "score" in metadata.get("validation", {}):
+        entry["validation_score"] = metadata["validation"]["score"]
+    if "calibration" in metadata:
+        entry["calibration_offset"] = metadata["calibration"].get("logit_offset")
+    return entry
+
+
+def parent_lineage(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The "lineage" a model trained from the file `path` inherits (empty for a file without metadata)."""
+    from fbrs.models.checkpoint import read_metadata
+
+    if not str(path).endswith(".safetensors"):
+        return []
+    metadata = read_metadata(path)
+    if not metadata:
+        return []
+    return [*metadata.get("lineage", []), lineage_entry(metadata, Path(path).name)]
 
 
 def learning_rate_factor(config: TrainConfig, progress: float, step: int) -> float:
@@ -126,6 +164,7 @@ class Trainer:
             if self.is_main
             else []
         )
+        self.lineage: list[dict[str, Any]] = []  # the init_from model's history (export metadata)
         self.model = self._build_model().to(self.device)
         self.network: torch.nn.Module = self.model
         if self.world_size > 1:
@@ -178,6 +217,7 @@ class Trainer:
         section = self.config.model
         if section.init_from:
             model = load_model(section.init_from)
+            self.lineage = parent_lineage(section.init_from)
             if model.config.name != section.name:
                 raise ConfigError(
                     f"model.init_from {section.init_from} holds {model.config.name!r}, config says {section.name!r}"
@@ -291,6 +331,8 @@ class Trainer:
             "world_size": self.world_size,
             "validation": metrics,
         }
+        if self.lineage:
+            metadata["lineage"] = self.lineage
         dtype = torch.float16 if self.config.run.export_dtype == "float16" else torch.float32
         return save_model(self.model, path, metadata=metadata, dtype=dtype)
 
