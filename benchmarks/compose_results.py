@@ -24,8 +24,13 @@ process that loads the model and runs one click sequence of the mode (the runs b
 the parent's size for every mode: a measurement bug, fixed). Analysis and what bounds each target:
 `docs/performance.md`. Regenerate this file with `benchmarks/compose_results.py`.
 
-**Read with care.** `fbrs bench` uses one synthetic image with a clear object. The bundled model satisfies the
-robot's clicks there within 1-2 L-BFGS evaluations, so f-BRS costs about what NoBRS costs; on real photos with
+**Which model.** The four "Bundled model" runs (2026-11-26 07:05-07:14) use session 5's GPU-trained bundled
+model; the torch-vs-ONNX A/B runs (03:04) and the ResNet-34 run used session 4's CPU-trained model and the
+reference weights. Session 4's model gave f-BRS-B / NoBRS 0.99 (torch, flip), 0.91 (torch, no flip), 1.19 (ONNX,
+flip), 0.82 (ONNX, no flip) and f-BRS-B 0.109 / 0.154 s median / p95 with ONNX and no flip.
+
+**Read with care.** `fbrs bench` uses one synthetic image with a clear object. The bundled models satisfy the
+robot's clicks there within a few L-BFGS evaluations, so f-BRS costs about what NoBRS costs; on real photos with
 more evaluations per click f-BRS-B is slower (see the SPC column of the evaluation in the README). The
 ResNet-34 run uses the deterministic reference weights of the golden tests (random, calibrated), for which
 RGB/DistMap-BRS and f-BRS-A run many evaluations and f-BRS-B/C exit early.
