@@ -60,3 +60,27 @@ def test_models_lists_architectures_and_modes(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "resnet34_dh128" in out and "f-BRS-B" in out
+    mode_lines = [line.split(None, 1) for line in out.splitlines() if line.startswith("  ") and "run " not in line]
+    described = {parts[0]: parts[1] if len(parts) > 1 else "" for parts in mode_lines}
+    assert described["graphcut"].startswith("classical") and described["f-BRS-B"]  # every mode says what it is
+
+
+def test_models_describes_a_model_file_from_its_metadata(tmp_path):
+    from fbrs.inference.cli import describe_model_file
+    from fbrs.models import build_model, save_model
+
+    path = tmp_path / "child.safetensors"
+    recipe = {"name": "my_recipe", "model": {"name": "tiny_test"}}
+    parent = {"step": 40, "device": "cpu", "elapsed_seconds": 120.0, "validation_score": 0.5}
+    metadata = {"training_config": recipe, "step": 7, "device": "cuda:0", "elapsed_seconds": 30.0,
+                "validation": {"score": 0.75}, "lineage": [parent], "calibration": {"logit_offset": 0.25}}
+    save_model(build_model("tiny_test"), path, metadata=metadata)
+    lines = describe_model_file(path)
+    assert "tiny_test trained with recipe 'my_recipe'" in lines[0]
+    assert lines[1:] == [
+        "run 1: 40 steps on cpu, 2.0 min of training, held-out score 0.500",
+        "run 2: 7 steps on cuda:0, 0.5 min of training, held-out score 0.750",
+        "calibrated: logit offset +0.25",
+    ]
+    (tmp_path / "junk.safetensors").write_bytes(b"not a model")
+    assert describe_model_file(tmp_path / "junk.safetensors")[0].startswith("unreadable")

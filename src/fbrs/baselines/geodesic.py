@@ -47,7 +47,9 @@ class GeodesicMattingPredictor(SeededPredictor):
         return foreground.astype(np.float32)
 
 
-@PREDICTORS.register("geodesic-matting", needs_model=False)
+@PREDICTORS.register(
+    "geodesic-matting", needs_model=False, description="classical: geodesic distance matting (Bai-Sapiro)"
+)
 def geodesic_matting(model=None, **options) -> GeodesicMattingPredictor:
     """Bai-Sapiro geodesic segmentation baseline (model unused)."""
     return build_from_options(GeodesicMattingPredictor, options)

@@ -98,7 +98,7 @@ class GraphCutPredictor(SeededPredictor):
         return (~graph.get_grid_segments(node_ids)).astype(np.float32)
 
 
-@PREDICTORS.register("graphcut", needs_model=False)
+@PREDICTORS.register("graphcut", needs_model=False, description="classical: graph cut (Boykov-Jolly)")
 def graphcut(model=None, **options) -> GraphCutPredictor:
     """Boykov-Jolly graph cut baseline (model unused)."""
     return build_from_options(GraphCutPredictor, options)

@@ -52,7 +52,7 @@ class GrowCutPredictor(SeededPredictor):
         return foreground.astype(np.float32)
 
 
-@PREDICTORS.register("growcut", needs_model=False)
+@PREDICTORS.register("growcut", needs_model=False, description="classical: GrowCut cellular automaton")
 def growcut(model=None, **options) -> GrowCutPredictor:
     """GrowCut baseline (model unused)."""
     return build_from_options(GrowCutPredictor, options)

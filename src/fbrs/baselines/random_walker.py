@@ -50,7 +50,7 @@ class RandomWalkerPredictor(SeededPredictor):
         return probabilities[0].astype(np.float32)
 
 
-@PREDICTORS.register("random-walker", needs_model=False)
+@PREDICTORS.register("random-walker", needs_model=False, description="classical: random walker (Grady)")
 def random_walker_baseline(model=None, **options) -> RandomWalkerPredictor:
     """Grady's random walker baseline (model unused)."""
     return build_from_options(RandomWalkerPredictor, options)

@@ -119,13 +119,17 @@ class GeodesicStarConvexityPredictor(_StarConvexityPredictor):
         return geodesic_parents(self._graph, self._lengths, positive)
 
 
-@PREDICTORS.register("esc", needs_model=False)
+@PREDICTORS.register(
+    "esc", needs_model=False, description="classical: graph cut + Euclidean star convexity (Gulshan et al.)"
+)
 def esc(model=None, **options) -> EuclideanStarConvexityPredictor:
     """Euclidean star convexity baseline (model unused)."""
     return build_from_options(EuclideanStarConvexityPredictor, options)
 
 
-@PREDICTORS.register("gsc", needs_model=False)
+@PREDICTORS.register(
+    "gsc", needs_model=False, description="classical: graph cut + geodesic star convexity (Gulshan et al.)"
+)
 def gsc(model=None, **options) -> GeodesicStarConvexityPredictor:
     """Geodesic star convexity baseline (model unused)."""
     return build_from_options(GeodesicStarConvexityPredictor, options)

@@ -147,9 +147,42 @@ def run_models(args: argparse.Namespace) -> int:
     for name in available_modes():
         description = PREDICTORS.meta(name).get("description", "")
         print(f"  {name:<16} {description}")
-    state = "present" if DEFAULT_MODEL_PATH.is_file() else "missing"
-    print(f"default model: {DEFAULT_MODEL_PATH} ({state})")
+    if not DEFAULT_MODEL_PATH.is_file():
+        print(f"default model: {DEFAULT_MODEL_PATH} (missing)")
+        return 0
+    print(f"default model: {DEFAULT_MODEL_PATH}")
+    for line in describe_model_file(DEFAULT_MODEL_PATH):
+        print(f"  {line}")
     return 0
+
+
+def describe_model_file(path: Path) -> list[str]:
+    """A few lines on a saved model: architecture, size and, from its metadata, how it was trained."""
+    from fbrs.errors import CheckpointError
+    from fbrs.models.checkpoint import read_metadata
+
+    try:
+        metadata = read_metadata(path)
+    except CheckpointError as error:
+        return [f"unreadable: {error}"]
+    lines = [f"{path.stat().st_size / 1e6:.1f} MB"]
+    recipe = metadata.get("training_config", {})
+    if recipe:
+        lines[0] += f", {recipe.get('model', {}).get('name', '?')} trained with recipe {recipe.get('name', '?')!r}"
+    runs = [*metadata.get("lineage", []), metadata] if recipe else []
+    for index, run in enumerate(runs, start=1):
+        if "step" not in run:
+            continue
+        minutes = float(run.get("elapsed_seconds", 0.0)) / 60.0
+        score = run.get("validation_score", run.get("validation", {}).get("score"))
+        text = f"run {index}: {run['step']} steps on {run.get('device', '?')}, {minutes:.1f} min of training"
+        if score is not None:
+            text += f", held-out score {float(score):.3f}"
+        lines.append(text)
+    calibration = metadata.get("calibration")
+    if calibration:
+        lines.append(f"calibrated: logit offset {calibration.get('logit_offset', 0.0):+.2f}")
+    return lines
 
 
 def run_demo(args: argparse.Namespace) -> int:
