@@ -353,3 +353,57 @@ def test_persistent_loader_workers_follow_the_epoch(coco_folder):
         assert torch.equal(images[epoch], expected)
     assert images[1].shape[0] == 3  # a resumed epoch starts at its saved position
     assert not torch.equal(images[1], images[0][3:])
+
+
+# -- iterative click sampling ---------------------------------------------------------------------------
+def _points(positives=(), negatives=(), per_kind=3):
+    points = torch.full((1, 2 * per_kind, 2), -1.0)
+    for row, point in enumerate(positives):
+        points[0, row] = torch.tensor(point, dtype=torch.float32)
+    for row, point in enumerate(negatives):
+        points[0, per_kind + row] = torch.tensor(point, dtype=torch.float32)
+    return points
+
+
+def test_region_depth_is_the_distance_to_the_region_border():
+    from fbrs.training.iterative import region_depth
+
+    region = torch.zeros(1, 1, 9, 9, dtype=torch.bool)
+    region[0, 0, 1:8, 1:8] = True  # a 7x7 square: depth 4 at its centre, 1 on its rim
+    depth = region_depth(region, max_depth=10)[0, 0]
+    assert depth[4, 4] == 4 and depth[1, 1] == 1 and depth[0, 0] == 0 and depth[2, 4] == 2
+    border = torch.ones(1, 1, 5, 5, dtype=torch.bool)  # outside the image counts as outside the region
+    assert region_depth(border, max_depth=10)[0, 0, 0, 2] == 1
+    assert region_depth(region, max_depth=2)[0, 0].max() == 2
+
+
+def test_error_click_goes_to_the_deepest_missed_part_as_a_positive():
+    from fbrs.training.iterative import add_error_clicks
+
+    masks = torch.zeros(1, 1, 64, 64)
+    masks[0, 0, 8:40, 8:40] = 1.0  # object: a 32x32 square, centre (23.5, 23.5)
+    probs = torch.zeros(1, 1, 64, 64)  # nothing predicted
+    valid = torch.ones_like(masks)
+    result = add_error_clicks(probs, masks, valid, _points(positives=[(50, 50)]))
+    y, x = result[0, 1].tolist()
+    assert abs(y - 23.5) <= 4 and abs(x - 23.5) <= 4  # the second positive row, near the centre
+    assert result[0, 0].tolist() == [50.0, 50.0] and torch.all(result[0, 2:] == -1)
+
+
+def test_error_click_is_negative_on_a_larger_false_positive_and_respects_free_rows():
+    from fbrs.training.iterative import add_error_clicks
+
+    masks = torch.zeros(1, 1, 64, 64)
+    masks[0, 0, 8:20, 8:20] = 1.0
+    probs = masks.clone()
+    probs[0, 0, 30:62, 30:62] = 0.9  # a big false positive; the object itself is right
+    valid = torch.ones_like(masks)
+    result = add_error_clicks(probs, masks, valid, _points(positives=[(12, 12)]))
+    y, x = result[0, 3].tolist()  # first negative row
+    assert 30 <= y < 62 and 30 <= x < 62 and torch.all(result[0, 1:3] == -1)
+    full = _points(positives=[(12, 12)], negatives=[(1, 1), (2, 2), (3, 3)])
+    assert torch.equal(add_error_clicks(probs, masks, valid, full), full)  # no free negative row: unchanged
+    assert torch.equal(add_error_clicks(masks.clone(), masks, valid, full), full)  # no error: unchanged
+    ignored = valid.clone()
+    ignored[0, 0, 30:62, 30:62] = 0.0  # errors on ignored pixels do not count
+    assert torch.equal(add_error_clicks(probs, masks, ignored, full), full)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
 from fbrs.cli import main
+from fbrs.errors import ConfigError
 from fbrs.models import load_model
 from fbrs.models.checkpoint import read_metadata
 from fbrs.training.config import load_config
@@ -196,3 +198,28 @@ def test_training_commands_need_no_web_or_onnx_stack(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["train", "fbrs.training.cli"]
+
+
+def test_iterative_click_sampling_trains_and_keeps_batchnorm_statistics_out_of_the_extra_passes(
+    person_folder, tmp_path, monkeypatch
+):
+    overrides = ("clicks.iterative_max=2", "clicks.iterative_probability=1.0")
+    trainer = Trainer(_config(person_folder, tmp_path / "iterative", *overrides), progress=False)
+    seen = []
+    original_forward = type(trainer.model).forward
+
+    def recording_forward(model, image, points):
+        seen.append((model.training, int((points[:, :, 0] >= 0).sum())))
+        return original_forward(model, image, points)
+
+    monkeypatch.setattr(type(trainer.model), "forward", recording_forward)
+    batch = torch.utils.data.default_collate([trainer.dataset[i] for i in range(4)])
+    trainer._set_learning_rate()
+    loss = trainer._train_step(batch)
+    assert math.isfinite(loss)
+    passes = [entry for entry in seen if not entry[0]]
+    assert 1 <= len(passes) <= 2 and seen[-1][0]  # eval-mode extra passes, then the training pass
+    # Each pass adds a click per sample with errors and a free row: the trained-on batch has more clicks.
+    assert seen[-1][1] > seen[0][1]
+    with pytest.raises(ConfigError, match="iterative"):
+        Trainer(_config(person_folder, tmp_path / "bad", "clicks.iterative_probability=1.5"), progress=False)

@@ -75,6 +75,10 @@ class ClickConfig:
     negative_spacing: int = 10
     # Relative frequency of the negative strategies: background band, far background, other objects.
     strategy_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    # Iterative sampling (fbrs.training.iterative): with probability `iterative_probability` a batch gets
+    # 1..iterative_max more clicks, each placed on the errors of the model's own prediction (0 = off).
+    iterative_max: int = 0
+    iterative_probability: float = 0.8
 
 
 @dataclass(frozen=True)

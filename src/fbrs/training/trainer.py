@@ -181,6 +181,11 @@ class Trainer:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
+        if config.clicks.iterative_max < 0 or not 0.0 <= config.clicks.iterative_probability <= 1.0:
+            raise ConfigError(
+                "clicks.iterative_max must be >= 0 and clicks.iterative_probability in [0, 1], got "
+                f"{config.clicks.iterative_max} and {config.clicks.iterative_probability}"
+            )
         self.steps_per_epoch = len(self.dataset) // config.optimizer.batch_size
         if self.steps_per_epoch < 1:
             raise ConfigError(
@@ -372,6 +377,8 @@ class Trainer:
         points = batch["points"].to(self.device, non_blocking=True)
         masks = batch["mask"].to(self.device, non_blocking=True)
         valid = batch["valid"].to(self.device, non_blocking=True)
+        if self.config.clicks.iterative_max > 0:
+            points = self._add_error_clicks(images, points, masks, valid)
         if self.amp_dtype is None:
             logits = self.network(images, points)
         else:
@@ -385,6 +392,33 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return float(loss.detach())
+
+    def _add_error_clicks(
+        self, images: torch.Tensor, points: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor
+    ) -> torch.Tensor:
+        """Iterative click sampling (`clicks.iterative_max`): a few no-grad passes, each adding one click per
+        sample on the current errors. Drawn from (seed, step), so a resumed run draws the same. The passes run
+        in eval mode: they must not move BatchNorm's running statistics."""
+        from fbrs.training.iterative import add_error_clicks
+
+        settings = self.config.clicks
+        generator = torch.Generator().manual_seed(self.config.run.seed * 1_000_003 + self.step)
+        if float(torch.rand((), generator=generator)) >= settings.iterative_probability:
+            return points
+        passes = int(torch.randint(1, settings.iterative_max + 1, (), generator=generator))
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                for _ in range(passes):
+                    if self.amp_dtype is None:
+                        logits = self.model(images, points)
+                    else:
+                        with torch.autocast(self.device.type, dtype=self.amp_dtype):
+                            logits = self.model(images, points)
+                    points = add_error_clicks(torch.sigmoid(logits.float()), masks, valid, points)
+        finally:
+            self.model.train()
+        return points
 
     def fit(self) -> dict[str, float]:
         """Train until the schedule (epochs, or the time budget) is done; returns the last validation metrics."""
