@@ -42,7 +42,7 @@ def add_error_clicks(
     probs, masks, valid: (B, 1, H, W) float (probabilities, 0/1 target, 0/1 valid pixels); points: (B, 2N, 2)
     float (y, x) in the model's layout (first N positive, last N negative, free rows (-1, -1)). The error maps
     (missed object, false background) are shrunk by `stride` for speed; the click goes to the deepest pixel of
-    the error kind whose deepest pixel is deeper (positive for missed object, as the robot), at the centre of
+    the error kind whose deepest pixel is deeper (missed object: positive), at the centre of
     its `stride` cell. A sample without errors or without a free row of that kind keeps its clicks.
     Returns a new points tensor.
     """
@@ -63,7 +63,7 @@ def add_error_clicks(
     per_kind = points.shape[1] // 2
     result = points.clone()
     for item in range(batch):
-        positive = bool(missed_best[item] >= extra_best[item])
+        positive = bool(missed_best[item] > extra_best[item])  # ties: negative, as the robot
         depth = missed_best[item] if positive else extra_best[item]
         if depth <= 0:
             continue
