@@ -159,7 +159,7 @@ def run_models(args: argparse.Namespace) -> int:
 def describe_model_file(path: Path) -> list[str]:
     """A few lines on a saved model: architecture, size and, from its metadata, how it was trained."""
     from fbrs.errors import CheckpointError
-    from fbrs.models.checkpoint import read_metadata
+    from fbrs.models.checkpoint import lineage_entry, read_metadata
 
     try:
         metadata = read_metadata(path)
@@ -169,12 +169,12 @@ def describe_model_file(path: Path) -> list[str]:
     recipe = metadata.get("training_config", {})
     if recipe:
         lines[0] += f", {recipe.get('model', {}).get('name', '?')} trained with recipe {recipe.get('name', '?')!r}"
-    runs = [*metadata.get("lineage", []), metadata] if recipe else []
+    runs = [*metadata.get("lineage", []), lineage_entry(metadata, path.name)] if recipe else []
     for index, run in enumerate(runs, start=1):
         if "step" not in run:
             continue
         minutes = float(run.get("elapsed_seconds", 0.0)) / 60.0
-        score = run.get("validation_score", run.get("validation", {}).get("score"))
+        score = run.get("validation_score")
         text = f"run {index}: {run['step']} steps on {run.get('device', '?')}, {minutes:.1f} min of training"
         if score is not None:
             text += f", held-out score {float(score):.3f}"

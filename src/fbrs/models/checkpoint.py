@@ -69,6 +69,31 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return json.loads(header.get("__metadata__", {}).get("fbrs_metadata", "{}"))
 
 
+def lineage_entry(metadata: dict[str, Any], name: str) -> dict[str, Any]:
+    """One line of a model's history: what trained the model whose metadata this is (a file written by the
+    trainer, maybe calibrated since). A model trained with `model.init_from` stores its parent's lineage plus
+    the parent's own entry under "lineage", so a file says how it came to be across runs and machines."""
+    recipe = metadata.get("training_config", {})
+    entry: dict[str, Any] = {"file": name}
+    for key in ("step", "epoch", "elapsed_seconds", "device", "world_size"):
+        if key in metadata:
+            entry[key] = metadata[key]
+    if recipe:
+        entry["recipe"] = {
+            "name": recipe.get("name"),
+            "data": [source.get("path") for source in recipe.get("data", {}).get("sources", [])],
+            "batch_size": recipe.get("optimizer", {}).get("batch_size"),
+            "lr": recipe.get("optimizer", {}).get("lr"),
+            "crop_size": recipe.get("augment", {}).get("crop_size"),
+            "time_budget_minutes": recipe.get("schedule", {}).get("time_budget_minutes"),
+        }
+    if "score" in metadata.get("validation", {}):
+        entry["validation_score"] = metadata["validation"]["score"]
+    if "calibration" in metadata:
+        entry["calibration_offset"] = metadata["calibration"].get("logit_offset")
+    return entry
+
+
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> InteractiveModel:
     """Load a model from our safetensors format or an original f-BRS `.pth` state_dict.
 

@@ -38,34 +38,9 @@ from fbrs.training.validation import validate, validation_score
 CHECKPOINT_FORMAT = "fbrs-train-checkpoint-1"
 
 
-def lineage_entry(metadata: dict[str, Any], name: str) -> dict[str, Any]:
-    """One line of a model's history: what trained the model whose metadata this is (a file written by the
-    trainer, maybe calibrated since). A model trained with `model.init_from` stores its parent's lineage plus
-    the parent's own entry under "lineage", so a file says how it came to be across runs and machines."""
-    recipe = metadata.get("training_config", {})
-    entry: dict[str, Any] = {"file": name}
-    for key in ("step", "epoch", "elapsed_seconds", "device", "world_size"):
-        if key in metadata:
-            entry[key] = metadata[key]
-    if recipe:
-        entry["recipe"] = {
-            "name": recipe.get("name"),
-            "data": [source.get("path") for source in recipe.get("data", {}).get("sources", [])],
-            "batch_size": recipe.get("optimizer", {}).get("batch_size"),
-            "lr": recipe.get("optimizer", {}).get("lr"),
-            "crop_size": recipe.get("augment", {}).get("crop_size"),
-            "time_budget_minutes": recipe.get("schedule", {}).get("time_budget_minutes"),
-        }
-    if "score" in metadata.get("validation", {}):
-        entry["validation_score"] = metadata["validation"]["score"]
-    if "calibration" in metadata:
-        entry["calibration_offset"] = metadata["calibration"].get("logit_offset")
-    return entry
-
-
 def parent_lineage(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The "lineage" a model trained from the file `path` inherits (empty for a file without metadata)."""
-    from fbrs.models.checkpoint import read_metadata
+    from fbrs.models.checkpoint import lineage_entry, read_metadata
 
     if not str(path).endswith(".safetensors"):
         return []
@@ -372,6 +347,10 @@ class Trainer:
             pass
 
     # -- the loop ------------------------------------------------------------------------------------------
+    def _autocast(self) -> torch.autocast:
+        """Mixed precision for forward passes on CUDA (`run.amp`); a no-op context elsewhere."""
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
     def _train_step(self, batch: dict[str, torch.Tensor]) -> float:
         images = batch["image"].to(self.device, non_blocking=True)
         points = batch["points"].to(self.device, non_blocking=True)
@@ -379,11 +358,8 @@ class Trainer:
         valid = batch["valid"].to(self.device, non_blocking=True)
         if self.config.clicks.iterative_max > 0:
             points = self._add_error_clicks(images, points, masks, valid)
-        if self.amp_dtype is None:
+        with self._autocast():
             logits = self.network(images, points)
-        else:
-            with torch.autocast(self.device.type, dtype=self.amp_dtype):
-                logits = self.network(images, points)
         loss = self.loss_function(logits.float(), masks, valid)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss.item()} at step {self.step}")
@@ -410,11 +386,8 @@ class Trainer:
         try:
             with torch.no_grad():
                 for _ in range(passes):
-                    if self.amp_dtype is None:
+                    with self._autocast():
                         logits = self.model(images, points)
-                    else:
-                        with torch.autocast(self.device.type, dtype=self.amp_dtype):
-                            logits = self.model(images, points)
                     points = add_error_clicks(torch.sigmoid(logits.float()), masks, valid, points)
         finally:
             self.model.train()
