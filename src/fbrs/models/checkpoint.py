@@ -180,6 +180,9 @@ def _read_torch_state_dict(path: Path) -> dict[str, torch.Tensor]:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - pickle/zip errors of every kind mean "unreadable"
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if "weights only" in message.lower() or "weights_only" in message:
+            # PyTorch's text goes on to advise weights_only=False, i.e. running the file's code: never that.
+            message = "it holds Python objects besides tensors, and fbrs never unpickles those"
         raise CheckpointError(
             f"cannot read checkpoint {path}: not a safetensors file nor a loadable PyTorch state_dict "
             f"(truncated, corrupt or containing arbitrary objects): {message}"
