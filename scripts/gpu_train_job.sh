@@ -4,12 +4,12 @@
 #
 #   bash scripts/gpu_train_job.sh [MINUTES] [WORKERS] [BATCH] [VALIDATE_EVERY] [TIMEOUT_S]
 #
-# Env: DEVICE (default cuda; cpu for a smoke run), PACK (default work/train_pack.zip), INIT (default models/default.safetensors), OUT (where the
+# Env: DEVICE (default cuda; cpu for a smoke run), PACK (default work/train_pack.zip), INIT (default src/fbrs/weights/default.safetensors), OUT (where the
 # results go; default /tmp/fbrs_gpu_out), PY (default python3), EXTRA (more --set options, space-separated).
 # Writes best.safetensors, last.safetensors, train_log.csv, validation_log.csv to $OUT.
 set -u
 MINUTES=${1:-7}; WORKERS=${2:-14}; BATCH=${3:-28}; VALIDATE_EVERY=${4:-500}; TIMEOUT_S=${5:-540}
-PACK=${PACK:-work/train_pack.zip}; INIT=${INIT:-models/default.safetensors}
+PACK=${PACK:-work/train_pack.zip}; INIT=${INIT:-src/fbrs/weights/default.safetensors}
 OUT=${OUT:-/tmp/fbrs_gpu_out}; PY=${PY:-python3}; DEVICE=${DEVICE:-cuda}; RUN=/tmp/fbrs_gpu_run
 mkdir -p "$OUT"; rm -rf "$RUN"
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1

@@ -55,17 +55,10 @@ PredictorFactory = Callable[[PredictorSettings], Any]
 
 def _registered_modes() -> list[tuple[str, bool]]:
     """(name, needs_model) of every registered predictor mode, learned modes first."""
-    try:
-        import fbrs.inference  # noqa: F401  (registers the modes)
-    except ImportError:
-        pass
-    try:
-        import fbrs.baselines  # noqa: F401
-    except ImportError:
-        pass
+    from fbrs.inference import available_modes
     from fbrs.registry import PREDICTORS
 
-    modes = [(name, bool(PREDICTORS.meta(name).get("needs_model", True))) for name in PREDICTORS.names()]
+    modes = [(name, bool(PREDICTORS.meta(name).get("needs_model", True))) for name in available_modes()]
     modes.sort(key=lambda item: (not item[1], LEARNED_MODES.index(item[0]) if item[0] in LEARNED_MODES else 0))
     return modes
 

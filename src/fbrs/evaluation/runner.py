@@ -215,14 +215,9 @@ def replay_clicks(predictor: Any, image: np.ndarray, clicks: Iterable[RobotClick
 
 def available_modes() -> list[str]:
     """Every registered predictor mode (learned modes + classical baselines)."""
-    from fbrs.registry import PREDICTORS
+    from fbrs.inference import available_modes as registered
 
-    for module in ("fbrs.inference", "fbrs.baselines"):
-        try:
-            __import__(module)
-        except ImportError:
-            pass
-    return PREDICTORS.names()
+    return registered()
 
 
 def mode_needs_model(mode: str) -> bool:

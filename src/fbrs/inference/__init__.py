@@ -12,23 +12,19 @@ from fbrs.registry import PREDICTORS
 
 
 def available_modes() -> list[str]:
-    """Every registered mode: the six learned ones and the classical baselines."""
-    _load_baselines()
+    """Every registered mode: the six learned ones and the classical baselines (their registration needs
+    PyMaxflow, a required dependency: if it is missing this raises, never hides the baselines)."""
+    import fbrs.baselines  # noqa: F401 - registers the classical baselines
+
     return PREDICTORS.names()
 
 
 def create_predictor(mode: str, model=None, **options: Any):
     """Build a predictor for `mode`. Learned modes need a model (default: the bundled one);
     classical baselines ignore it. The result has set_image / add_click / undo / reset / clicks."""
-    _load_baselines()
+    if mode not in PREDICTORS:
+        available_modes()  # the baselines register on import; the learned modes already have
     return PREDICTORS.get(mode)(model=model, **options)
-
-
-def _load_baselines() -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("fbrs.baselines") is not None:
-        import fbrs.baselines  # noqa: F401 - registers the classical baselines
 
 
 __all__ = ["Click", "Predictor", "available_modes", "create_predictor"]

@@ -139,7 +139,8 @@ def run_export_onnx(args: argparse.Namespace) -> int:
 
 def run_models(args: argparse.Namespace) -> int:
     from fbrs.inference import available_modes
-    from fbrs.models import DEFAULT_MODEL_PATH, list_models
+    from fbrs.models import list_models
+    from fbrs.models.checkpoint import default_model_path
     from fbrs.registry import PREDICTORS
 
     print("models:", ", ".join(list_models()))
@@ -147,11 +148,12 @@ def run_models(args: argparse.Namespace) -> int:
     for name in available_modes():
         description = PREDICTORS.meta(name).get("description", "")
         print(f"  {name:<16} {description}")
-    if not DEFAULT_MODEL_PATH.is_file():
-        print(f"default model: {DEFAULT_MODEL_PATH} (missing)")
+    path = default_model_path()
+    if not path.is_file():
+        print(f"default model: {path} (missing)")
         return 0
-    print(f"default model: {DEFAULT_MODEL_PATH}")
-    for line in describe_model_file(DEFAULT_MODEL_PATH):
+    print(f"default model: {path}")
+    for line in describe_model_file(path):
         print(f"  {line}")
     return 0
 
@@ -187,19 +189,9 @@ def describe_model_file(path: Path) -> list[str]:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Start the annotation app on the bundled sample images and the bundled default model."""
-    import importlib.util
+    from fbrs.app.cli import run_app  # FastAPI and uvicorn are required dependencies, imported only here
 
-    if importlib.util.find_spec("fbrs.app.cli") is not None:
-        from fbrs.app.cli import run_app
-
-        return int(run_app(SAMPLES_DIR, model_path=args.model, out_dir=args.out, host=args.host, port=args.port) or 0)
-    sample = sorted(SAMPLES_DIR.glob("*.jpg"))[0]
-    namespace = argparse.Namespace(
-        image=str(sample), click=["200,250,+"], model=args.model, mode="f-BRS-B", zoom_in=True, flip=True,
-        threshold=0.49, output=str(Path(args.out or ".") / "demo_mask.png"), probs=None, verbose=True, threads=0,
-        backend="torch",
-    )
-    return run_predict(namespace)
+    return int(run_app(SAMPLES_DIR, model_path=args.model, out_dir=args.out, host=args.host, port=args.port) or 0)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -17,6 +17,7 @@ import os
 import re
 import struct
 import warnings
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,14 @@ from fbrs.models.builders import _BASE_CONFIGS
 from fbrs.models.interactive_model import InteractiveModel, ModelConfig
 
 FORMAT_VERSION = "1"
-DEFAULT_MODEL_PATH = Path(__file__).resolve().parents[3] / "models" / "default.safetensors"
+#: The bundled model, package data of `fbrs` (so a wheel or sdist installed with pip carries it).
+DEFAULT_MODEL_PATH = Path(str(resources.files("fbrs").joinpath("weights", "default.safetensors")))
+
+
+def default_model_path() -> Path:
+    """The model used when none is given: $FBRS_DEFAULT_MODEL if set, else the bundled DEFAULT_MODEL_PATH."""
+    override = os.environ.get("FBRS_DEFAULT_MODEL")
+    return Path(override) if override else DEFAULT_MODEL_PATH
 
 
 def save_model(
@@ -118,8 +126,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> I
 
 
 def load_default_model(device: str | torch.device = "cpu") -> InteractiveModel:
-    """The bundled default model (`models/default.safetensors`, or $FBRS_DEFAULT_MODEL)."""
-    path = Path(os.environ.get("FBRS_DEFAULT_MODEL", DEFAULT_MODEL_PATH))
+    """The bundled default model (`fbrs/weights/default.safetensors` inside the package, or $FBRS_DEFAULT_MODEL)."""
+    path = default_model_path()
     if not path.is_file():
         raise CheckpointError(
             f"the bundled default model is missing ({path}); pass --model PATH or set FBRS_DEFAULT_MODEL"
