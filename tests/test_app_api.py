@@ -31,7 +31,7 @@ def folder(tmp_path):
 
 def make_client(engine, folder, out_dir, **limits) -> TestClient:
     project = AnnotationProject(folder, out_dir, limits=AppLimits(**limits))
-    return TestClient(create_app(engine, project))
+    return TestClient(create_app(engine, project), base_url="http://127.0.0.1")
 
 
 @pytest.fixture
@@ -259,7 +259,7 @@ def test_bad_input_gets_clear_4xx(client, engine):
     assert predict().status_code == 422  # clicks missing
 
     assert client.get("/api/sessions/nope").status_code == 404
-    assert "evicted" in client.post("/api/sessions/nope/undo").json()["detail"]
+    assert "never created" in client.post("/api/sessions/nope/undo").json()["detail"]
     assert client.post("/api/images/missing.jpg/session").status_code == 404
     assert client.post("/api/images/..%2Fsecret.jpg/session").status_code == 404
 
@@ -293,9 +293,12 @@ def test_limits_on_uploads_pixels_and_live_sessions(engine, folder, tmp_path):
         first, second, third = (
             client.post("/api/sessions", files={"image": ("s.png", small)}).json()["session_id"] for _ in range(3)
         )
-        assert client.get(f"/api/sessions/{first}").status_code == 404
-        assert client.get(f"/api/sessions/{second}").status_code == 200
-        assert client.get(f"/api/sessions/{third}").status_code == 200
+        store = client.app.state.store
+        assert len(store) == 2 and first not in {session.session_id for session in store.sessions()}
+        # An evicted session is rebuilt on its next request (and evicts the least recently used one).
+        for session_id in (first, second, third, first):
+            assert client.get(f"/api/sessions/{session_id}").status_code == 200
+            assert len(store) == 2
 
 
 def test_evicted_folder_session_keeps_its_clicks(engine, folder, tmp_path):
@@ -306,8 +309,11 @@ def test_evicted_folder_session_keeps_its_clicks(engine, folder, tmp_path):
         client.put(f"/api/sessions/{session}/settings", json={"mode": mode})
         client.post(f"/api/sessions/{session}/clicks", json={**SPOON, "positive": True})
         client.post("/api/images/chelsea.jpg/session")  # evicts coffee, which saves its click log
-        assert client.get(f"/api/sessions/{session}").status_code == 404
+        assert client.app.state.store.find_image("coffee.jpg") is None
+        log = json.loads((out_dir / "clicks" / "coffee.json").read_text())
+        assert log["current_object"]["clicks"] == [{"x": 365.0, "y": 285.0, "positive": True}]
         state = client.post("/api/images/coffee.jpg/session").json()
+        assert state["session_id"] == session  # one session (one id) per folder image
         assert state["clicks"] == [{"x": 365.0, "y": 285.0, "positive": True}]
         assert state["current_object"]["area"] > 0
 
@@ -351,7 +357,7 @@ def test_onnx_backend_serves_the_modes_it_can(folder, tmp_path, capsys):
 
     app = build_app(folder, out_dir=tmp_path / "out", model=build_model("tiny_test"), backend="onnx")
     assert "exporting tiny_test part after_aspp" in capsys.readouterr().out
-    with TestClient(app) as test_client:
+    with TestClient(app, base_url="http://127.0.0.1") as test_client:
         assert test_client.get("/api/info").json()["backend"] == "onnx"
     engine = app.state.engine
     assert engine.create(PredictorSettings(mode="f-BRS-B")).backend == "onnx"

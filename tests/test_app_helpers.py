@@ -67,3 +67,39 @@ class LiveServer:
     def __exit__(self, *exc_info) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=15)
+
+
+class RecordingPredictor:
+    """A predictor that remembers its clicks and predicts a disc around each positive one (no model)."""
+
+    created = 0
+
+    def __init__(self, settings) -> None:
+        RecordingPredictor.created += 1
+        self.settings = settings
+        self.clicks: list[tuple[float, float, bool]] = []
+
+    def set_image(self, image) -> None:
+        self.shape = image.shape[:2]
+
+    def add_click(self, y: float, x: float, positive: bool):
+        import numpy as np
+
+        self.clicks.append((y, x, positive))
+        rows, cols = np.ogrid[: self.shape[0], : self.shape[1]]
+        probabilities = np.zeros(self.shape, dtype=np.float32)
+        for click_y, click_x, click_positive in self.clicks:
+            disc = (rows - click_y) ** 2 + (cols - click_x) ** 2 <= 25
+            probabilities[disc] = 1.0 if click_positive else 0.0
+        return probabilities
+
+    def undo(self) -> None:
+        self.clicks.pop()
+
+    def reset(self) -> None:
+        self.clicks = []
+
+
+def recording_engine() -> PredictionEngine:
+    """An engine with one mode, 'recording', whose predictors are RecordingPredictor."""
+    return PredictionEngine(None, factory=RecordingPredictor, modes=[("recording", False)], model_name="recording")

@@ -18,7 +18,7 @@ _EXPORTS = {
     "AppLimits": "fbrs.app.project",
     "PredictionEngine": "fbrs.app.engine",
     "PredictorSettings": "fbrs.app.engine",
-    "SessionStore": "fbrs.app.sessions",
+    "SessionStore": "fbrs.app.store",
     "create_app": "fbrs.app.server",
 }
 

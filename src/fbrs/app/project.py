@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from fbrs.app.errors import PayloadTooLargeError, UnknownImageError
+from fbrs.app.errors import AnnotationFileError, UnknownImageError
 from fbrs.app.export import (
     ImageAnnotation,
     annotation_paths,
@@ -19,9 +20,10 @@ from fbrs.app.export import (
     save_image_annotation,
     write_coco_files,
 )
-from fbrs.errors import DatasetError, InvalidImageError
-from fbrs.images import read_image
+from fbrs.errors import DatasetError, FbrsError
+from fbrs.images import image_size, load_image
 
+LOGGER = logging.getLogger("fbrs.app")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -31,27 +33,15 @@ class AppLimits:
 
     max_upload_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 25_000_000
-    max_sessions: int = 8
+    max_sessions: int = 32
+    max_session_bytes: int = 2 * 1024**3  # live sessions' estimated memory (AnnotationSession.memory_bytes)
     display_max_side: int = 1280
+    max_json_bytes: int = 64 * 1024  # bodies of the JSON routes (a click is ~40 bytes)
 
 
 def image_size_of(path: Path) -> tuple[int, int]:
-    """(width, height) from the file header, without decoding the pixels."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            return int(image.width), int(image.height)
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as error:
-        raise InvalidImageError(f"cannot read image {path}: {error}") from None
-
-
-def check_pixel_limit(width: int, height: int, limits: AppLimits, what: str) -> None:
-    if width * height > limits.max_image_pixels:
-        raise PayloadTooLargeError(
-            f"{what} is {width}x{height} = {width * height} pixels; the limit is {limits.max_image_pixels} "
-            "(start the app with a larger --max-image-pixels or downscale the image)"
-        )
+    """(width, height) as displayed (EXIF orientation applied), from the file header alone."""
+    return image_size(path)
 
 
 @dataclass
@@ -76,14 +66,27 @@ class AnnotationProject:
             raise DatasetError(f"images folder not found: {self.images_dir}")
         self.out_dir = Path(out_dir) if out_dir is not None else self.images_dir / "annotations"
         self.limits = limits or AppLimits()
-        self.image_names = sorted(
+        candidates = sorted(
             path.name for path in self.images_dir.iterdir()
             if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
         )
-        if not self.image_names:
+        if not candidates:
             raise DatasetError(
                 f"no images in {self.images_dir} (looked for {', '.join(IMAGE_SUFFIXES)} files)"
             )
+        # A file whose header cannot be read (empty, truncated, not an image, a link to something else)
+        # is left out with a warning rather than failing the whole list.
+        self._skipped: dict[str, str] = {}
+        self.image_names = []
+        for name in candidates:
+            try:
+                image_size(self.images_dir / name)
+            except FbrsError as error:
+                self._skip(name, str(error))
+            else:
+                self.image_names.append(name)
+        if not self.image_names:
+            raise DatasetError(f"no readable images in {self.images_dir}: " + "; ".join(self._skipped.values()))
         stems: dict[str, str] = {}
         for name in self.image_names:
             other = stems.setdefault(Path(name).stem, name)
@@ -95,6 +98,15 @@ class AnnotationProject:
         self._status: dict[str, _ImageStatus] = {}
         self._lock = threading.RLock()
 
+    def _skip(self, image_name: str, reason: str) -> None:
+        if image_name not in self._skipped:
+            LOGGER.warning("fbrs app: skipping %s: %s", image_name, reason)
+        self._skipped[image_name] = reason
+
+    def skipped_images(self) -> dict[str, str]:
+        """{file name: why} of the folder's files that are left out of the image list."""
+        return dict(self._skipped)
+
     def image_path(self, image_name: str) -> Path:
         """Path of a listed image; any other name (including ../ tricks) raises UnknownImageError."""
         if image_name not in self.image_names:
@@ -102,11 +114,10 @@ class AnnotationProject:
         return self.images_dir / image_name
 
     def load_image(self, image_name: str) -> np.ndarray:
-        """(H, W, 3) uint8 RGB of a listed image, after checking the pixel limit."""
+        """(H, W, 3) uint8 RGB of a listed image (EXIF orientation applied), after checking the pixel
+        limit from its header (ImageTooLargeError)."""
         path = self.image_path(image_name)
-        width, height = image_size_of(path)
-        check_pixel_limit(width, height, self.limits, f"image {path}")
-        return read_image(path)
+        return load_image(path, max_pixels=self.limits.max_image_pixels, what=f"image {path}")
 
     def saved_annotation(self, image_name: str) -> ImageAnnotation | None:
         return load_image_annotation(self.out_dir, self.image_path(image_name).name)
@@ -126,10 +137,16 @@ class AnnotationProject:
             return status
 
     def image_list(self) -> list[dict[str, Any]]:
-        """[{name, width, height, objects, done}] for every image, in order."""
+        """[{name, width, height, objects, done}] for every readable image, in order. An image that has
+        become unreadable (or whose click log is corrupt) is left out and listed by `skipped_images`."""
         listing = []
         for name in self.image_names:
-            status = self._status_of(name)
+            try:
+                status = self._status_of(name)
+            except (FbrsError, AnnotationFileError) as error:
+                self._skip(name, str(error))
+                continue
+            self._skipped.pop(name, None)
             listing.append(
                 {"name": name, "width": status.width, "height": status.height,
                  "objects": status.objects, "done": status.done}
@@ -155,7 +172,11 @@ class AnnotationProject:
         with self._lock:
             images = []
             for name in self.image_names:
-                status = self._status_of(name)
+                try:
+                    status = self._status_of(name)
+                except (FbrsError, AnnotationFileError) as error:
+                    self._skip(name, str(error))  # unreadable since the start: left out, as in the list
+                    continue
                 images.append((name, status.width, status.height, status.segments))
             return write_coco_files(self.out_dir, images)
 

@@ -3,21 +3,27 @@
 Coordinates in every request and response are (x, y) = (column, row) full-resolution image pixels.
 Endpoints that predict are plain `def` functions: FastAPI runs them in its worker thread pool, so a
 slow prediction never blocks the event loop, and each session's lock keeps its requests in order.
+
+What is refused before a route runs (foreign Host, cross-site writes, oversized bodies) is in
+`fbrs.app.guards`; what a route checks before it works (types, finite numbers, click counts, pixels
+from the header) in `fbrs.app.validation` and `fbrs.images`; how sessions survive eviction in
+`fbrs.app.store`.
 """
 
 from __future__ import annotations
 
 import io
-import json
+from collections.abc import Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import numpy as np
-from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import FastAPI, File, Form, Query, UploadFile
+from fastapi import Path as PathParameter
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
 
 from fbrs.app.engine import PredictionEngine, PredictorSettings
 from fbrs.app.errors import (
@@ -29,10 +35,28 @@ from fbrs.app.errors import (
     UnknownImageError,
 )
 from fbrs.app.export import encode_rle, mask_bbox, mask_to_polygons
-from fbrs.app.project import AnnotationProject, AppLimits, check_pixel_limit
-from fbrs.app.sessions import AnnotationSession, AppClick, SessionStore
+from fbrs.app.guards import LOOPBACK_HOSTS, BodySizeLimit, HostGuard
+from fbrs.app.project import AnnotationProject, AppLimits
+from fbrs.app.sessions import AnnotationSession, AppClick
+from fbrs.app.store import SessionStore, SpillFolder, Tombstone
+from fbrs.app.validation import (
+    MAX_CLICKS_PER_OBJECT,
+    MAX_OBJECT_ID,
+    ClickRequest,
+    SettingsRequest,
+    check_clicks_inside,
+    parse_clicks,
+    parse_object,
+    validation_error_body,
+)
 from fbrs.errors import ConfigError, FbrsError, InvalidClickError, InvalidImageError
-from fbrs.images import as_rgb_uint8
+from fbrs.images import ImageTooLargeError, image_size, load_image, load_mask
+
+__all__ = ["ClickRequest", "SettingsRequest", "create_app", "decode_image_upload", "decode_mask_upload"]
+
+T = TypeVar("T")
+MULTIPART_SLACK_BYTES = 64 * 1024
+UPLOAD_ROUTES = frozenset({("POST", "/api/sessions"), ("POST", "/api/predict")})
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -41,25 +65,13 @@ ERROR_STATUS: tuple[tuple[type[Exception], int], ...] = (
     (UnknownImageError, 404),
     (AnnotationConflictError, 409),
     (PayloadTooLargeError, 413),
+    (ImageTooLargeError, 413),
     (AnnotationFileError, 500),
     (InvalidImageError, 400),
     (InvalidClickError, 400),
     (ConfigError, 400),
     (ModeUnavailableError, 400),
 )
-
-
-class ClickRequest(BaseModel):
-    x: float = Field(description="column, full-resolution pixels, 0 <= x < width")
-    y: float = Field(description="row, full-resolution pixels, 0 <= y < height")
-    positive: bool = Field(True, description="true = object, false = background")
-
-
-class SettingsRequest(BaseModel):
-    mode: str | None = Field(None, description="predictor mode, see GET /api/info")
-    zoom_in: bool | None = None
-    prob_threshold: float | None = Field(None, gt=0.0, lt=1.0)
-    flip: bool | None = Field(None, description="flip test-time augmentation (learned modes; 2x the time)")
 
 
 MaskFormat = Literal["png", "rle", "polygons"]
@@ -69,48 +81,17 @@ MaskFormat = Literal["png", "rle", "polygons"]
 
 
 def decode_image_upload(data: bytes, limits: AppLimits, what: str = "uploaded image") -> np.ndarray:
-    """Bytes of an image file -> (H, W, 3) uint8 RGB, within the size limits."""
-    from PIL import Image, UnidentifiedImageError
-
+    """Bytes of an image file -> (H, W, 3) uint8 RGB, within the size limits (pixels from the header)."""
     if len(data) > limits.max_upload_bytes:
         raise PayloadTooLargeError(f"{what} is {len(data)} bytes; the limit is {limits.max_upload_bytes}")
-    if not data:
-        raise InvalidImageError(f"{what} is empty")
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            check_pixel_limit(image.width, image.height, limits, what)
-            image.load()
-            if image.mode not in ("RGB", "L", "RGBA"):
-                image = image.convert("RGB")
-            array = np.asarray(image)
-    except UnidentifiedImageError:
-        raise InvalidImageError(f"{what} is not a readable image: unknown format (use PNG, JPEG, BMP, TIFF "
-                                "or WebP)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise InvalidImageError(f"{what} is not a readable image: {error}") from None
-    return as_rgb_uint8(array)
+    return load_image(data, max_pixels=limits.max_image_pixels, what=what)
 
 
 def decode_mask_upload(data: bytes, width: int, height: int, limits: AppLimits) -> np.ndarray:
-    """A mask image (any mode; non-zero = object) -> (H, W) bool, checked against the image size."""
-    from PIL import Image, UnidentifiedImageError
-
+    """A mask image (any mode; non-zero = object) -> (H, W) bool, its header checked against the image size."""
     if len(data) > limits.max_upload_bytes:
         raise PayloadTooLargeError(f"previous mask is {len(data)} bytes; the limit is {limits.max_upload_bytes}")
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            array = np.asarray(image)
-    except UnidentifiedImageError:
-        raise InvalidImageError("previous mask is not a readable image: unknown format (use PNG)") from None
-    except (OSError, ValueError) as error:
-        raise InvalidImageError(f"previous mask is not a readable image: {error}") from None
-    if array.ndim == 3:
-        array = array[:, :, :3].max(axis=2)
-    if array.shape != (height, width):
-        raise InvalidImageError(
-            f"previous mask is {array.shape[1]}x{array.shape[0]} but the image is {width}x{height}"
-        )
-    return array > 0
+    return load_mask(data, width=width, height=height, max_pixels=limits.max_image_pixels, what="previous mask")
 
 
 def png_bytes(array: np.ndarray) -> bytes:
@@ -156,15 +137,48 @@ def create_app(
     engine: PredictionEngine,
     project: AnnotationProject | None = None,
     limits: AppLimits | None = None,
+    allowed_hosts: Iterable[str] = LOOPBACK_HOSTS,
+    allowed_origins: Iterable[str] = (),
 ) -> FastAPI:
-    """The annotation app. `project` = an annotation folder for the web UI (None: API only)."""
+    """The annotation app. `project` = an annotation folder for the web UI (None: API only).
+
+    allowed_hosts: the names clients may reach the server under (the Host header; "*" = any);
+    allowed_origins: other web origins whose pages may change state (see `fbrs.app.guards.HostGuard`).
+    """
     limits = limits or (project.limits if project is not None else AppLimits())
+    spill = SpillFolder()
 
     def save_to_folder(session: AnnotationSession) -> None:
         if project is not None and session.image_name is not None:
             project.save(session.to_annotation())
 
-    store = SessionStore(limits.max_sessions, on_evict=save_to_folder)
+    def persist(session: AnnotationSession) -> Tombstone | None:
+        if project is not None and session.image_name is not None:
+            save_to_folder(session)
+            return Tombstone(session.session_id, session.version, image_name=session.image_name)
+        if session.source is None:
+            return None
+        spill.write(session.session_id, session.source, session.to_annotation())
+        return Tombstone(session.session_id, session.version)
+
+    def restore(tombstone: Tombstone) -> AnnotationSession:
+        if tombstone.image_name is not None:
+            return open_folder_session(tombstone.image_name, tombstone.session_id)
+        data, saved = spill.read(tombstone.session_id)
+        session = AnnotationSession(decode_image_upload(data, limits), engine, saved=saved,
+                                    session_id=tombstone.session_id, source=data)
+        spill.discard(tombstone.session_id)
+        return session
+
+    def open_folder_session(image_name: str, session_id: str | None = None) -> AnnotationSession:
+        annotations = folder()
+        return AnnotationSession(annotations.load_image(image_name), engine, image_name=image_name,
+                                 saved=annotations.saved_annotation(image_name), session_id=session_id)
+
+    store = SessionStore(
+        limits.max_sessions, limits.max_session_bytes, persist=persist, restore=restore,
+        forget=lambda tombstone: spill.discard(tombstone.session_id),
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -173,12 +187,15 @@ def create_app(
         for session in store.sessions():
             if session.image_name is not None and project is not None and session.version > 0:
                 save_to_folder(session)
+        spill.close()
 
     app = FastAPI(
         title="fbrs annotation app",
         version="1.0",
         description="Click-based interactive segmentation (f-BRS). Coordinates are (x, y) image pixels.",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's pages load Swagger UI / ReDoc from a CDN; /docs below ships with the app
+        redoc_url=None,
     )
     app.state.store = store
     app.state.engine = engine
@@ -193,20 +210,32 @@ def create_app(
     app.add_exception_handler(
         FbrsError, lambda _request, error: JSONResponse({"detail": str(error)}, status_code=400)
     )
+    app.add_exception_handler(
+        RequestValidationError,
+        lambda _request, error: JSONResponse(validation_error_body(list(error.errors())), status_code=422),
+    )
 
-    @app.middleware("http")
-    async def reject_oversized_bodies(request: Request, call_next):
-        # Checked before the body is read; multipart overhead gets 64 KiB of slack.
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limits.max_upload_bytes + 65536:
-            return JSONResponse(
-                {"detail": f"request body is {length} bytes; the upload limit is {limits.max_upload_bytes}"},
-                status_code=413,
-            )
-        return await call_next(request)
+    def body_limit(scope: dict[str, Any]) -> int:
+        if (scope["method"], scope["path"]) in UPLOAD_ROUTES:
+            return limits.max_upload_bytes + MULTIPART_SLACK_BYTES
+        return limits.max_json_bytes
 
-    def session_of(session_id: str) -> AnnotationSession:
-        return store.get(session_id)
+    # Added last = runs first: a foreign Host is refused before its body is read.
+    app.add_middleware(BodySizeLimit, limit_for=body_limit)
+    app.add_middleware(HostGuard, allowed_hosts=tuple(allowed_hosts), allowed_origins=tuple(allowed_origins))
+
+    def use(session_id: str, action: Callable[[AnnotationSession], T]) -> T:
+        """Run `action` on the live session (rebuilt if it was evicted), under its lock."""
+        for _ in range(8):
+            session = store.get(session_id)
+            with session.lock:
+                if not session.closed:  # else it was evicted between get and lock: get it again
+                    result = action(session)
+                    break
+        else:
+            raise SessionNotFoundError(f"session {session_id[:64]!r} keeps being evicted; the server is overloaded")
+        store.enforce()  # the session may have grown past the memory bound
+        return result
 
     def folder() -> AnnotationProject:
         if project is None:
@@ -232,6 +261,10 @@ def create_app(
     def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
+    @app.get("/docs", include_in_schema=False)
+    def api_docs() -> FileResponse:
+        return FileResponse(STATIC_DIR / "docs.html", headers={"Cache-Control": "no-cache"})
+
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/api/info", summary="Modes, defaults, limits, model and folder")
@@ -245,10 +278,13 @@ def create_app(
                 "max_upload_bytes": limits.max_upload_bytes,
                 "max_image_pixels": limits.max_image_pixels,
                 "max_sessions": limits.max_sessions,
+                "max_session_bytes": limits.max_session_bytes,
+                "max_clicks_per_object": MAX_CLICKS_PER_OBJECT,
                 "display_max_side": limits.display_max_side,
             },
             "folder": None if project is None else {
                 "images_dir": str(project.images_dir), "out_dir": str(project.out_dir),
+                "skipped": project.skipped_images(),
             },
         }
 
@@ -259,108 +295,115 @@ def create_app(
     @app.post("/api/images/{image_name}/session", summary="Open (or resume) the session of a folder image")
     def open_image(image_name: str) -> dict[str, Any]:
         annotations = folder()
-        session = store.find_image(image_name)
-        if session is None:
-            image = annotations.load_image(image_name)
-            session = AnnotationSession(
-                image, engine, image_name=image_name, saved=annotations.saved_annotation(image_name)
-            )
-            store.add(session)
-        return session.state()
+        annotations.image_path(image_name)  # 404 for a name outside the folder, before any work
+        for _ in range(8):
+            session = store.open_image(image_name, create=lambda: open_folder_session(image_name))
+            with session.lock:
+                if not session.closed:
+                    return session.state()
+        raise SessionNotFoundError(f"the session of {image_name!r} keeps being evicted; the server is overloaded")
 
     # ----------------------------------------------------------------------------------- sessions
 
     @app.post("/api/sessions", status_code=201, summary="Upload an image and start a session")
     def create_session(
         image: Annotated[UploadFile, File(description="PNG / JPEG / BMP / TIFF / WebP")],
-        mode: Annotated[str | None, Form()] = None,
+        mode: Annotated[str | None, Form(max_length=64)] = None,
         zoom_in: Annotated[bool | None, Form()] = None,
-        prob_threshold: Annotated[float | None, Form()] = None,
+        prob_threshold: Annotated[float | None, Form(allow_inf_nan=False)] = None,
         flip: Annotated[bool | None, Form()] = None,
     ) -> dict[str, Any]:
         settings = parse_settings(mode, zoom_in, prob_threshold, flip)
-        array = decode_image_upload(image.file.read(limits.max_upload_bytes + 1), limits)
-        return store.add(AnnotationSession(array, engine, settings=settings)).state()
+        data = image.file.read(limits.max_upload_bytes + 1)
+        array = decode_image_upload(data, limits)
+        return store.add(AnnotationSession(array, engine, settings=settings, source=data)).state()
 
     @app.get("/api/sessions/{session_id}", summary="Session state: clicks, objects, settings, latency")
     def get_session(session_id: str) -> dict[str, Any]:
-        return session_of(session_id).state()
+        return use(session_id, lambda session: session.state())
 
     @app.delete("/api/sessions/{session_id}", status_code=204, summary="Close a session")
     def delete_session(session_id: str) -> Response:
         session = store.remove(session_id)
-        if session.version > 0:
-            save_to_folder(session)
+        if session is not None:
+            with session.lock:
+                session.closed = True
+                if session.version > 0:
+                    save_to_folder(session)
         return Response(status_code=204)
 
     @app.post("/api/sessions/{session_id}/clicks", summary="Add a click to the current object")
     def add_click(session_id: str, click: ClickRequest) -> dict[str, Any]:
-        session = session_of(session_id)
-        session.add_click(click.x, click.y, click.positive)
-        return session.state()
+        def action(session: AnnotationSession) -> dict[str, Any]:
+            session.add_click(click.x, click.y, click.positive)
+            return session.state()
+
+        return use(session_id, action)
 
     @app.post("/api/sessions/{session_id}/undo", summary="Undo the current object's last click")
     def undo(session_id: str) -> dict[str, Any]:
-        session = session_of(session_id)
-        session.undo()
-        return session.state()
+        return use(session_id, lambda session: (session.undo(), session.state())[1])
 
     @app.post("/api/sessions/{session_id}/redo", summary="Redo the last undone click")
     def redo(session_id: str) -> dict[str, Any]:
-        session = session_of(session_id)
-        session.redo()
-        return session.state()
+        return use(session_id, lambda session: (session.redo(), session.state())[1])
 
     @app.post("/api/sessions/{session_id}/reset", summary="Drop the current object's clicks")
     def reset(session_id: str) -> dict[str, Any]:
-        session = session_of(session_id)
-        session.reset_object()
-        return session.state()
+        return use(session_id, lambda session: (session.reset_object(), session.state())[1])
 
     @app.post("/api/sessions/{session_id}/finish", summary="Finish the current object, start the next")
     def finish(session_id: str) -> dict[str, Any]:
-        session = session_of(session_id)
-        object_id = session.finish_object()
-        save_to_folder(session)
-        return {**session.state(), "finished_object_id": object_id}
+        def action(session: AnnotationSession) -> dict[str, Any]:
+            object_id = session.finish_object()
+            save_to_folder(session)
+            return {**session.state(), "finished_object_id": object_id}
+
+        return use(session_id, action)
 
     @app.delete("/api/sessions/{session_id}/objects/{object_id}", summary="Delete a finished object")
-    def delete_object(session_id: str, object_id: int) -> dict[str, Any]:
-        session = session_of(session_id)
-        session.delete_object(object_id)
-        save_to_folder(session)
-        return session.state()
+    def delete_object(
+        session_id: str, object_id: Annotated[int, PathParameter(ge=1, le=MAX_OBJECT_ID)]
+    ) -> dict[str, Any]:
+        def action(session: AnnotationSession) -> dict[str, Any]:
+            session.delete_object(object_id)
+            save_to_folder(session)
+            return session.state()
+
+        return use(session_id, action)
 
     @app.put("/api/sessions/{session_id}/settings", summary="Change mode / zoom-in / threshold / flip")
     def update_settings(session_id: str, settings: SettingsRequest) -> dict[str, Any]:
-        session = session_of(session_id)
-        session.update_settings(settings.model_dump(exclude_none=True))
-        return session.state()
+        values = settings.model_dump(exclude_none=True)
+        return use(session_id, lambda session: (session.update_settings(values), session.state())[1])
 
     @app.post("/api/sessions/{session_id}/save", summary="Save a folder image's PNG, click log and COCO")
     def save(session_id: str) -> dict[str, Any]:
-        session = session_of(session_id)
-        if project is None or session.image_name is None:
-            raise AnnotationConflictError(
-                "only sessions of folder images are saved to disk; fetch uploaded sessions' masks with "
-                "GET /api/sessions/{id}/mask"
-            )
-        session.mark_done(True)
-        return {**session.state(), "files": project.save(session.to_annotation())}
+        def action(session: AnnotationSession) -> dict[str, Any]:
+            if project is None or session.image_name is None:
+                raise AnnotationConflictError(
+                    "only sessions of folder images are saved to disk; fetch uploaded sessions' masks with "
+                    "GET /api/sessions/{id}/mask"
+                )
+            session.mark_done(True)
+            return {**session.state(), "files": project.save(session.to_annotation())}
+
+        return use(session_id, action)
 
     @app.get("/api/sessions/{session_id}/mask", summary="A mask as PNG, COCO RLE or polygons",
              responses={200: {"content": {"image/png": {}, "application/json": {}}}})
     def get_mask(
         session_id: str,
-        which: Annotated[str, Query(alias="object",
+        which: Annotated[str, Query(alias="object", max_length=16,
                                     description="'current', 'all' (instance ids) or a finished object id")] = "current",
         mask_format: Annotated[MaskFormat, Query(alias="format")] = "png",
     ) -> Response:
-        session = session_of(session_id)
-        with session.lock:
-            if which == "current":
+        selected = parse_object(which)
+
+        def action(session: AnnotationSession) -> Response:
+            if selected == "current":
                 return mask_response(session.current_mask(), mask_format)
-            if which == "all":
+            if selected == "all":
                 labels = session.label_map()
                 if mask_format == "png":
                     return Response(png_bytes(labels), media_type="image/png")
@@ -373,26 +416,24 @@ def create_app(
                         for object_id in sorted(int(value) for value in np.unique(labels) if value)
                     ],
                 })
-            if not which.isdigit():
-                raise ConfigError(f"object must be 'current', 'all' or an object id, got {which!r}")
-            return mask_response(session.object_mask(int(which)), mask_format, object_id=int(which))
+            return mask_response(session.object_mask(int(selected)), mask_format, object_id=int(selected))
+
+        return use(session_id, action)
 
     @app.get("/api/sessions/{session_id}/image", summary="The session's image, downscaled for display")
     def get_image(session_id: str, max_side: Annotated[int, Query(ge=16, le=8192)] = limits.display_max_side
                   ) -> Response:
         from PIL import Image
 
-        session = session_of(session_id)
+        image = use(session_id, lambda session: session.image)
         buffer = io.BytesIO()
-        Image.fromarray(resized_for_display(session.image, max_side, nearest=False)).save(
-            buffer, format="JPEG", quality=90
-        )
+        Image.fromarray(resized_for_display(image, max_side, nearest=False)).save(buffer, format="JPEG", quality=90)
         return Response(buffer.getvalue(), media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
     @app.get("/api/sessions/{session_id}/overlay.png", summary="Objects in their colours (RGBA) for display")
     def get_overlay(session_id: str, max_side: Annotated[int, Query(ge=16, le=8192)] = limits.display_max_side
                     ) -> Response:
-        overlay = session_of(session_id).overlay_rgba()
+        overlay = use(session_id, lambda session: session.overlay_rgba())
         return Response(png_bytes(resized_for_display(overlay, max_side, nearest=True)), media_type="image/png",
                         headers={"Cache-Control": "no-store"})
 
@@ -401,31 +442,33 @@ def create_app(
     @app.post("/api/predict", summary="Stateless: image + clicks -> mask (for annotation platforms)")
     def predict(
         image: Annotated[UploadFile, File(description="PNG / JPEG / BMP / TIFF / WebP")],
-        clicks: Annotated[str, Form(description='JSON list: [{"x": 10, "y": 20, "positive": true}, ...]')],
+        clicks: Annotated[str, Form(description='JSON list: [{"x": 10, "y": 20, "positive": true}, ...]; '
+                                                f"at most {MAX_CLICKS_PER_OBJECT}")],
         previous_mask: Annotated[UploadFile | None, File(
             description="optional mask (non-zero = object) the clicks correct; "
                         "the result keeps it outside the area the clicks decide")] = None,
-        mode: Annotated[str | None, Form()] = None,
+        mode: Annotated[str | None, Form(max_length=64)] = None,
         zoom_in: Annotated[bool | None, Form()] = None,
-        prob_threshold: Annotated[float | None, Form()] = None,
+        prob_threshold: Annotated[float | None, Form(allow_inf_nan=False)] = None,
         flip: Annotated[bool | None, Form()] = None,
         mask_format: Annotated[MaskFormat, Form(alias="format")] = "png",
     ) -> Response:
+        # Everything that costs nothing is checked before anything that costs something: settings and
+        # clicks, then the image's and the mask's headers, then decoding, then predicting.
         settings = parse_settings(mode, zoom_in, prob_threshold, flip)
-        try:
-            click_values = json.loads(clicks)
-        except ValueError as error:
-            raise InvalidClickError(f"clicks must be a JSON list of {{x, y, positive}}: {error}") from None
-        if not isinstance(click_values, list) or not click_values:
-            raise InvalidClickError("clicks must be a non-empty JSON list of {x, y, positive}")
-        parsed = [AppClick.from_dict(values) if isinstance(values, dict) else AppClick.from_dict({})
-                  for values in click_values]
-        array = decode_image_upload(image.file.read(limits.max_upload_bytes + 1), limits)
+        parsed = [AppClick(x, y, positive) for x, y, positive in parse_clicks(clicks)]
+        data = image.file.read(limits.max_upload_bytes + 1)
+        if len(data) > limits.max_upload_bytes:
+            raise PayloadTooLargeError(f"uploaded image is {len(data)} bytes; the limit is {limits.max_upload_bytes}")
+        width, height = image_size(data, what="uploaded image")
+        if width * height > limits.max_image_pixels:
+            raise ImageTooLargeError(f"uploaded image is {width}x{height} = {width * height} pixels; "
+                                     f"the limit is {limits.max_image_pixels} pixels")
+        check_clicks_inside([(click.x, click.y, click.positive) for click in parsed], width, height)
         previous = None
         if previous_mask is not None:
-            previous = decode_mask_upload(
-                previous_mask.file.read(limits.max_upload_bytes + 1), array.shape[1], array.shape[0], limits
-            )
+            previous = decode_mask_upload(previous_mask.file.read(limits.max_upload_bytes + 1), width, height, limits)
+        array = decode_image_upload(data, limits)
         session = AnnotationSession(array, engine, settings=settings)
         for click in parsed:
             session.add_click(click.x, click.y, click.positive)

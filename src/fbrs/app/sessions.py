@@ -11,7 +11,6 @@ import math
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,12 +18,13 @@ from typing import Any
 import numpy as np
 
 from fbrs.app.engine import PredictionEngine, PredictorSettings
-from fbrs.app.errors import AnnotationConflictError, ModeUnavailableError, SessionNotFoundError
+from fbrs.app.errors import AnnotationConflictError, ModeUnavailableError
 from fbrs.app.export import ImageAnnotation, SavedObject, color_hex, instance_id_map, object_color
+from fbrs.app.validation import MAX_CLICKS_PER_OBJECT, parse_bool, parse_coordinate
 from fbrs.errors import ConfigError, InvalidClickError
 from fbrs.images import as_rgb_uint8
 
-MAX_CLICKS_PER_OBJECT = 100
+__all__ = ["MAX_CLICKS_PER_OBJECT", "AnnotationSession", "AppClick"]
 
 
 @dataclass(frozen=True)
@@ -40,10 +40,11 @@ class AppClick:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> AppClick:
-        try:
-            return cls(float(values["x"]), float(values["y"]), bool(values["positive"]))
-        except (KeyError, TypeError, ValueError):
-            raise InvalidClickError(f"a click needs numeric 'x', 'y' and boolean 'positive', got {values!r}") from None
+        """{"x", "y", "positive"} with finite numbers and a real boolean; else InvalidClickError."""
+        if not isinstance(values, dict) or not {"x", "y", "positive"} <= values.keys():
+            raise InvalidClickError(f"a click needs numeric 'x', 'y' and boolean 'positive', got {values!r}")
+        return cls(parse_coordinate(values["x"], "x"), parse_coordinate(values["y"], "y"),
+                   parse_bool(values["positive"], "positive"))
 
 
 @dataclass
@@ -70,8 +71,10 @@ class AnnotationSession:
         image_name: str | None = None,
         saved: ImageAnnotation | None = None,
         session_id: str | None = None,
+        source: bytes | None = None,
     ) -> None:
         self.session_id = session_id or uuid.uuid4().hex
+        self.source = source  # an uploaded image's file bytes: what an evicted session is rebuilt from
         self.image = as_rgb_uint8(image)
         self.height, self.width = self.image.shape[:2]
         self.image_name = image_name
@@ -82,6 +85,7 @@ class AnnotationSession:
         self.done = False
         self.last_latency_ms: float | None = None
         self.version = 0  # bumps on every change; the UI uses it to refetch the overlay
+        self.closed = False  # set (under the lock) once the store has evicted the session: callers retry
         self._steps: list[_Step] = []
         self._redo: list[_Step] = []
         self._predictor: Any = None
@@ -115,6 +119,18 @@ class AnnotationSession:
         self._predictor.set_state(step.predictor_state)
         if step.probabilities is None:
             step.probabilities = np.asarray(self._predictor.probabilities, dtype=np.float32)
+
+    def memory_bytes(self) -> int:
+        """What the session holds in memory, roughly: the image (twice once a predictor has a copy), the
+        finished masks, the kept probability maps, and per click the predictor's cached state (estimated
+        as one float32 map of the image, at most the 1024 px copy the first pass runs on)."""
+        pixels = self.height * self.width
+        steps = self._steps + self._redo
+        total = self.image.nbytes * (2 if self._predictor is not None else 1) + len(self.source or b"")
+        total += sum(item.mask.nbytes for item in self.objects)
+        total += sum(step.probabilities.nbytes for step in steps if step.probabilities is not None)
+        total += len(steps) * 4 * min(pixels, 1024 * 1024)
+        return total
 
     def next_object_id(self) -> int:
         return max((item.object_id for item in self.objects), default=0) + 1
@@ -372,64 +388,3 @@ class AnnotationSession:
                 "done": self.done,
                 "latency_ms": None if self.last_latency_ms is None else round(self.last_latency_ms, 1),
             }
-
-
-class SessionStore:
-    """At most `max_sessions` live sessions; adding one more evicts the least recently used.
-
-    `on_evict(session)` runs for every evicted session (the folder app saves it there).
-    """
-
-    def __init__(self, max_sessions: int = 8,
-                 on_evict: Callable[[AnnotationSession], None] | None = None) -> None:
-        if max_sessions < 1:
-            raise ValueError(f"max_sessions must be at least 1, got {max_sessions}")
-        self.max_sessions = max_sessions
-        self._on_evict = on_evict
-        self._sessions: OrderedDict[str, AnnotationSession] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def add(self, session: AnnotationSession) -> AnnotationSession:
-        evicted = []
-        with self._lock:
-            self._sessions[session.session_id] = session
-            self._sessions.move_to_end(session.session_id)
-            while len(self._sessions) > self.max_sessions:
-                evicted.append(self._sessions.popitem(last=False)[1])
-        for old in evicted:
-            if self._on_evict is not None:
-                self._on_evict(old)
-        return session
-
-    def get(self, session_id: str) -> AnnotationSession:
-        with self._lock:
-            session = self._sessions.get(session_id)
-            if session is None:
-                raise SessionNotFoundError(
-                    f"no session {session_id!r} (never created, deleted, or evicted after "
-                    f"{self.max_sessions} newer sessions); create a new one"
-                )
-            self._sessions.move_to_end(session_id)
-            return session
-
-    def find_image(self, image_name: str) -> AnnotationSession | None:
-        with self._lock:
-            for session in self._sessions.values():
-                if session.image_name == image_name:
-                    self._sessions.move_to_end(session.session_id)
-                    return session
-        return None
-
-    def remove(self, session_id: str) -> AnnotationSession:
-        with self._lock:
-            session = self._sessions.pop(session_id, None)
-        if session is None:
-            raise SessionNotFoundError(f"no session {session_id!r}")
-        return session
-
-    def __len__(self) -> int:
-        return len(self._sessions)
-
-    def sessions(self) -> list[AnnotationSession]:
-        with self._lock:
-            return list(self._sessions.values())
