@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from fbrs.models.sam.checkpoint import DEFAULT_DECODER_PATH, DEFAULT_ENCODER_PATH, load_sam_decoder
+from fbrs.models.sam.config import SamDecoderConfig
 from fbrs.models.sam.decoder import SamDecoder
 from fbrs.models.sam.image_encoder import ImageEmbedding, OnnxImageEncoder
 
@@ -36,7 +37,7 @@ class SamModel:
         self.encoder_seconds: list[float] = []  # wall time of each encoder run (for benchmarks)
 
     @property
-    def config(self):
+    def config(self) -> SamDecoderConfig:
         return self.decoder.config
 
     def embed(self, image: np.ndarray) -> ImageEmbedding:
