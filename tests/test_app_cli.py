@@ -21,7 +21,8 @@ from tests.test_app_helpers import sample_folder
 def test_defaults_bind_to_this_machine_only():
     args = build_parser().parse_args(["app"])
     assert args.images_dir is None and args.host == "127.0.0.1" and args.port == 8000
-    assert args.max_sessions == 8 and callable(args.handler)
+    assert args.max_sessions == 32 and args.max_session_memory_mb == 2048 and callable(args.handler)
+    assert args.allowed_host == [] and args.allowed_origin == []
 
 
 def test_user_errors_become_messages(tmp_path, capsys):
@@ -88,3 +89,28 @@ def test_fbrs_app_command_serves_the_folder(tmp_path):
         process.terminate()
         output, _ = process.communicate(timeout=30)
     assert f"open http://127.0.0.1:{port}/" in output
+
+
+def test_bad_ports_are_refused_with_a_message(tmp_path, capsys):
+    for port in ("70000", "0", "http"):
+        with pytest.raises(SystemExit) as raised:
+            main(["app", "--port", port])
+        assert raised.value.code == 2
+        assert "expected a port number 1..65535" in capsys.readouterr().err
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        folder = sample_folder(tmp_path)
+        assert main(["app", str(folder), "--port", str(port), "--model", str(tmp_path / "none.safetensors")]) == 2
+    captured = capsys.readouterr()
+    assert f"cannot listen on 127.0.0.1:{port}" in captured.err and "another --port" in captured.err
+    assert "open http" not in captured.out  # nothing claims a server that does not run
+
+
+def test_allowed_hosts_are_this_machine_plus_what_is_asked():
+    from fbrs.app.cli import allowed_hosts_for
+
+    assert allowed_hosts_for("127.0.0.1") == ("127.0.0.1", "localhost", "::1")
+    assert allowed_hosts_for("0.0.0.0", ["annotate.lan"]) == ("127.0.0.1", "localhost", "::1", "annotate.lan")
+    assert allowed_hosts_for("192.168.1.20")[-1] == "192.168.1.20"

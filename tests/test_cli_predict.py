@@ -84,3 +84,79 @@ def test_models_describes_a_model_file_from_its_metadata(tmp_path):
     ]
     (tmp_path / "junk.safetensors").write_bytes(b"not a model")
     assert describe_model_file(tmp_path / "junk.safetensors")[0].startswith("unreadable")
+
+
+def test_predict_checks_outputs_before_any_work_and_writes_all_or_nothing(files, capsys, monkeypatch):
+    folder, model_path = files
+    image = str(folder / "image.png")
+    base = ["predict", image, "--model", str(model_path), "--click", "30,40,+"]
+    (folder / "plain.txt").write_text("a file")
+    mask = folder / "never.png"
+
+    assert main([*base, "-o", str(folder / "plain.txt" / "mask.png")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert main([*base, "-o", str(folder)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    # An unwritable --probs is refused before the mask is written (no partial output).
+    assert main([*base, "-o", str(mask), "--probs", str(folder / "plain.txt" / "probs.npy")]) == 2
+    assert "--probs" in capsys.readouterr().err and not mask.exists()
+    assert main([*base, "-o", str(mask), "--probs", str(mask)]) == 2
+    assert "same file" in capsys.readouterr().err
+
+    # A failure while writing the second output leaves neither.
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "save", full_disk)
+    assert main([*base, "-o", str(mask), "--probs", str(folder / "never.npy")]) == 2
+    assert "No space left" in capsys.readouterr().err
+    assert not mask.exists() and not (folder / "never.npy").exists()
+    assert not list(folder.glob(".*.tmp"))
+
+
+def test_predict_refuses_bad_options_and_huge_images_with_messages(files, capsys):
+    from tests.test_app_hostile import png_header_only
+
+    folder, model_path = files
+    base = ["predict", str(folder / "image.png"), "--model", str(model_path), "-o", str(folder / "no.png")]
+    for option in (["--threads=-1"], ["--threshold", "2"], ["--threshold", "nan"], ["--threshold", "-1"],
+                   ["--threshold", "0"]):
+        with pytest.raises(SystemExit) as raised:
+            main([*base, "--click", "30,40,+", *option])
+        assert raised.value.code == 2
+        assert "expected" in capsys.readouterr().err
+    # A negative coordinate is a value of --click, refused as outside the image (not an "unknown option").
+    assert main([*base, "--click", "-5,20,+"]) == 2
+    assert "click (y=-5, x=20) is outside the image" in capsys.readouterr().err
+    (folder / "huge.png").write_bytes(png_header_only(30000, 30000))
+    assert main(["predict", str(folder / "huge.png"), "--click", "1,1,+", "-o", str(folder / "no.png")]) == 2
+    assert "too large" in capsys.readouterr().err
+    assert main([*base, "--click", "1,1,+", "--max-image-pixels", "100"]) == 2
+    assert "60 = 4800 pixels; the limit is 100" in capsys.readouterr().err
+    assert not (folder / "no.png").exists()
+
+
+def test_predict_reads_exif_orientation_as_viewers_show_it(files):
+    folder, model_path = files
+    stored = np.zeros((40, 60, 3), np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned by 90 degrees: 40 wide, 60 high
+    Image.fromarray(stored).save(folder / "turned.jpg", exif=exif.tobytes())
+    output = folder / "turned_mask.png"
+    assert main(["predict", str(folder / "turned.jpg"), "--click", "55,35,+", "--model", str(model_path),
+                 "--mode", "NoBRS", "-o", str(output)]) == 0
+    assert np.asarray(Image.open(output)).shape == (60, 40)
+
+
+def test_outputs_are_readable_per_the_umask(files):
+    import os
+    import stat
+
+    folder, model_path = files
+    previous = os.umask(0o022)
+    try:
+        assert main(["predict", str(folder / "image.png"), "--click", "30,40,+", "--model", str(model_path),
+                     "--mode", "NoBRS", "-o", str(folder / "shared.png")]) == 0
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((folder / "shared.png").stat().st_mode) == 0o644

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import socket
 import sys
 import threading
 import webbrowser
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +39,14 @@ def build_app(
     limits: Any = None,
     model: Any = None,
     backend: str = "torch",
+    allowed_hosts: Iterable[str] | None = None,
+    allowed_origins: Iterable[str] = (),
 ):
     """The FastAPI app for a folder (None: the bundled sample images, saved to ./fbrs_annotations).
 
     `model` (an InteractiveModel) overrides `model_path`; tests pass `build_model("tiny_test")`.
     backend: "torch", "onnx" or "auto" (ONNX Runtime where installed; see `prepare_backend`).
+    allowed_hosts / allowed_origins: see `fbrs.app.server.create_app` (default: this machine's names).
     """
     from fbrs.app.engine import PredictionEngine
     from fbrs.app.project import AnnotationProject, AppLimits
@@ -57,7 +63,10 @@ def build_app(
     engine = PredictionEngine(model, model_name=model_name, backend=prepare_backend(model, backend))
     if not any(mode["available"] for mode in engine.modes()):
         raise CheckpointError("no predictor mode can run without a model; pass --model PATH")
-    return create_app(engine, project)
+    from fbrs.app.guards import LOOPBACK_HOSTS
+
+    return create_app(engine, project, allowed_hosts=tuple(allowed_hosts or LOOPBACK_HOSTS),
+                      allowed_origins=tuple(allowed_origins))
 
 
 def prepare_backend(model: Any, backend: str) -> str:
@@ -84,6 +93,34 @@ def prepare_backend(model: Any, backend: str) -> str:
     return "onnx"
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to (host, port), or a ConfigError that says why not (port in use, unknown host)."""
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as error:
+        raise ConfigError(f"cannot listen on {host}:{port}: unknown host ({error})") from None
+    listener = socket.socket(family, kind, protocol)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+    except OSError as error:
+        listener.close()
+        hint = "; is another fbrs app running? choose another --port" if error.errno == errno.EADDRINUSE else ""
+        raise ConfigError(f"cannot listen on {host}:{port}: {error.strerror or error}{hint}") from None
+    return listener
+
+
+def allowed_hosts_for(host: str, extra: Iterable[str] = ()) -> tuple[str, ...]:
+    """Host names the server answers to: this machine's loopback names, the bound address unless it is a
+    wildcard, and `extra` (from --allowed-host)."""
+    from fbrs.app.guards import LOOPBACK_HOSTS
+
+    names = [*LOOPBACK_HOSTS]
+    if host not in ("0.0.0.0", "::", ""):
+        names.append(host)
+    return tuple(dict.fromkeys([*names, *extra]))
+
+
 def run_app(
     images_dir: str | os.PathLike | None,
     model_path: str | os.PathLike | None = None,
@@ -93,23 +130,53 @@ def run_app(
     open_browser: bool = False,
     limits: Any = None,
     backend: str = "auto",
+    allowed_hosts: Iterable[str] = (),
+    allowed_origins: Iterable[str] = (),
 ) -> int:
-    """Serve the annotation app until interrupted (what `fbrs app` and `fbrs demo` run). Returns 0."""
+    """Serve the annotation app until interrupted (what `fbrs app` and `fbrs demo` run). Returns 0.
+
+    The port is bound before anything is printed, so "open http://..." is only said of a server that runs."""
     import uvicorn
 
-    app = build_app(images_dir, model_path, out_dir, limits, backend=backend)
+    if not 1 <= int(port) <= 65535:
+        raise ConfigError(f"--port must be 1..65535, got {port}")
+    hosts = allowed_hosts_for(host, allowed_hosts)
+    listener = listening_socket(host, port)  # first: a port in use is said before the model loads
+    try:
+        app = build_app(images_dir, model_path, out_dir, limits, backend=backend, allowed_hosts=hosts,
+                        allowed_origins=allowed_origins)
+    except BaseException:
+        listener.close()
+        raise
     project = app.state.project
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
     print(f"fbrs app: annotating {project.images_dir} ({len(project.image_names)} images), "
           f"saving to {project.out_dir.resolve()}")
+    for name, reason in project.skipped_images().items():
+        print(f"fbrs app: warning: skipping {name}: {reason}", file=sys.stderr)
     print(f"fbrs app: open {url}  (API docs: {url}docs; Ctrl+C to stop)")
     if host not in ("127.0.0.1", "localhost", "::1"):
         print("fbrs app: warning: the API has no authentication; anyone who reaches "
               f"{host}:{port} can read the images and write annotations", file=sys.stderr)
+        if "*" not in hosts:
+            print(f"fbrs app: requests must name the server as one of {', '.join(hosts)} (the Host header); "
+                  "add the names others use with --allowed-host NAME", file=sys.stderr)
     if open_browser:
         threading.Timer(1.0, webbrowser.open, args=(url,)).start()
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    with listener:
+        server.run(sockets=[listener])
     return 0
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number 1..65535, got {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 1..65535, got {value}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -131,9 +198,11 @@ def _handle_app(args: argparse.Namespace) -> int:
         max_upload_bytes=args.max_upload_mb * 1024 * 1024,
         max_image_pixels=args.max_image_pixels,
         max_sessions=args.max_sessions,
+        max_session_bytes=args.max_session_memory_mb * 1024 * 1024,
     )
     return run_app(
-        args.images_dir, args.model, args.out, args.host, args.port, args.open_browser, limits, args.backend
+        args.images_dir, args.model, args.out, args.host, args.port, args.open_browser, limits, args.backend,
+        allowed_hosts=args.allowed_host, allowed_origins=args.allowed_origin,
     )
 
 
@@ -152,10 +221,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default=None,
                         help="annotation folder (default: IMAGES_DIR/annotations; ./fbrs_annotations for samples)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine)")
-    parser.add_argument("--port", type=_positive_int, default=8000)
+    parser.add_argument("--port", type=_port, default=8000)
+    parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                        help="a name clients reach the server under, checked against the Host header (repeatable; "
+                        "always allowed: 127.0.0.1, localhost, ::1 and the --host address; '*' allows any)")
+    parser.add_argument("--allowed-origin", action="append", default=[], metavar="URL",
+                        help="a web origin (https://labels.example.org) whose pages may change annotations "
+                        "(repeatable; the app's own page always may)")
     parser.add_argument("--open-browser", action="store_true", help="open the UI in the default browser")
-    parser.add_argument("--max-sessions", type=_positive_int, default=8,
-                        help="live sessions kept warm; the least recently used is saved and evicted")
+    parser.add_argument("--max-sessions", type=_positive_int, default=32,
+                        help="live sessions kept warm; the least recently used is saved and evicted, and rebuilt "
+                        "from what was saved on its next request")
+    parser.add_argument("--max-session-memory-mb", type=_positive_int, default=2048,
+                        help="estimated memory of the live sessions; past it the least recently used is evicted")
     parser.add_argument("--max-upload-mb", type=_positive_int, default=20)
     parser.add_argument("--max-image-pixels", type=_positive_int, default=25_000_000)
     parser.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",

@@ -3,14 +3,47 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import re
 import time
 from pathlib import Path
 
 import numpy as np
 
-from fbrs.errors import InvalidClickError
+from fbrs.errors import ConfigError, InvalidClickError
 
 SAMPLES_DIR = Path(__file__).resolve().parents[1] / "data" / "samples"
+
+
+_CLICK_OR_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$|^-[\d.]+,")
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
+    if not (math.isfinite(value) and 0.0 < value < 1.0):
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text}")
+    return value
+
+
+def _thread_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = _thread_count(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("expected a whole number >= 1, got 0")
+    return value
 
 
 def parse_click(text: str) -> tuple[float, float, bool]:
@@ -34,19 +67,50 @@ def _load_model_arg(path: str | None):
     return load_default_model() if path is None else load_model(path)
 
 
+def check_output_path(path: str | os.PathLike, option: str) -> Path:
+    """Refuse, before any work, an output path that cannot be written: a folder, a path under a file,
+    a folder without write permission. Returns the path."""
+    target = Path(path)
+    if target.is_dir():
+        raise ConfigError(f"{option} {target} is a folder: give the file to write")
+    ancestor = target.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(f"{option} {target}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {target}: no permission to write in {ancestor}")
+    return target
+
+
+def check_clicks_inside(clicks: list[tuple[float, float, bool]], height: int, width: int) -> None:
+    for y, x, _ in clicks:
+        if not (0 <= y < height and 0 <= x < width):
+            raise InvalidClickError(
+                f"click (y={y:g}, x={x:g}) is outside the image (height {height}, width {width})"
+            )
+
+
 def run_predict(args: argparse.Namespace) -> int:
+    """Everything is checked before anything is computed, and nothing is written until every output can
+    be: the clicks and the output paths, then the image (its size from the header), then the model."""
     import torch
 
-    from fbrs.images import read_image
+    from fbrs.images import load_image
     from fbrs.inference.predictor import Predictor
-    from fbrs.io_utils import atomic_path, save_png_atomic
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     clicks = [parse_click(text) for text in args.click]
     if not clicks:
         raise InvalidClickError("give at least one --click Y,X,+")
-    image = read_image(args.image)
+    outputs = [check_output_path(args.output, "-o")]
+    if args.probs:
+        outputs.append(check_output_path(args.probs, "--probs"))
+        if outputs[0].resolve() == outputs[1].resolve():
+            raise ConfigError(f"-o and --probs are the same file ({args.output}); give two files")
+    image = load_image(args.image, max_pixels=args.max_image_pixels)  # EXIF orientation applied: clicks are as shown
+    check_clicks_inside(clicks, *image.shape[:2])
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model = _load_model_arg(args.model)
     backend = args.backend
     if backend == "onnx":
@@ -70,16 +134,28 @@ def run_predict(args: argparse.Namespace) -> int:
         if args.verbose:
             print(f"click ({y:g}, {x:g}, {'+' if positive else '-'}): {time.perf_counter() - click_start:.3f} s")
     mask = probs > args.threshold
-    save_png_atomic(args.output, (mask * 255).astype(np.uint8))
-    if args.probs:
-        with atomic_path(args.probs) as temporary:
-            with open(temporary, "wb") as handle:
-                np.save(handle, probs)
+    write_outputs(outputs, (mask * 255).astype(np.uint8), probs if args.probs else None)
     print(
         f"{args.output}: {int(mask.sum())} of {mask.size} pixels in the mask "
         f"({len(clicks)} clicks, {args.mode}, {time.perf_counter() - started:.2f} s)"
     )
     return 0
+
+
+def write_outputs(paths: list[Path], mask: np.ndarray, probabilities: np.ndarray | None) -> None:
+    """The mask PNG (and the .npy probabilities): both files or neither."""
+    from PIL import Image
+
+    from fbrs.io_utils import atomic_paths
+
+    try:
+        with atomic_paths(paths) as temporaries:
+            Image.fromarray(mask).save(temporaries[0], format="PNG")
+            if probabilities is not None:
+                with open(temporaries[1], "wb") as handle:
+                    np.save(handle, probabilities)
+    except OSError as error:
+        raise ConfigError(f"cannot write {error.filename or paths[0]}: {error.strerror or error}") from None
 
 
 def _print_stderr(message: str) -> None:
@@ -207,16 +283,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument(
         "--click", action="append", default=[], metavar="Y,X,SIGN", help="a click (repeatable, in order)"
     )
+    # argparse takes "-5,20,+" for an unknown option; read it as a click value (which is then refused as
+    # outside the image, with that message) like a negative number.
+    predict._negative_number_matcher = _CLICK_OR_NUMBER
     predict.add_argument("--model", help="model file (.safetensors or original f-BRS .pth); default: bundled model")
     predict.add_argument("--mode", default="f-BRS-B", choices=list(MODES), help="refinement mode (default f-BRS-B)")
     predict.add_argument("--zoom-in", dest="zoom_in", action=argparse.BooleanOptionalAction, default=True)
     predict.add_argument(
         "--flip", action=argparse.BooleanOptionalAction, default=True, help="flip test-time augmentation"
     )
-    predict.add_argument("--threshold", type=float, default=0.49, help="probability threshold of the mask (0.49)")
+    predict.add_argument("--threshold", type=_probability, default=0.49,
+                         help="probability threshold of the mask, in (0, 1) (0.49)")
     predict.add_argument("-o", "--output", required=True, help="output mask PNG (0 / 255)")
     predict.add_argument("--probs", help="also save the probability map as .npy")
-    predict.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    predict.add_argument("--threads", type=_thread_count, default=0, help="torch CPU threads (0: torch's default)")
+    predict.add_argument("--max-image-pixels", type=_positive_int, default=None,
+                         help="refuse larger images (default: Pillow's decompression-bomb bound, about 179 million)")
     predict.add_argument(
         "--backend",
         choices=["torch", "onnx"],
@@ -262,7 +344,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=True,
         help="compare each file with torch on a random input (needs onnxruntime)",
     )
-    export.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    export.add_argument("--threads", type=_thread_count, default=0, help="torch CPU threads (0: torch's default)")
     export.set_defaults(handler=run_export_onnx)
 
     models = subparsers.add_parser("models", help="list model architectures and predictor modes")
