@@ -10,6 +10,7 @@ import json
 import os
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -164,3 +165,48 @@ def test_label_two_objects_in_chromium_and_find_them_on_disk(tmp_path):
     # The canvas maps to full-resolution (x, y): the logged click is the pixel that was clicked.
     assert abs(first_clicks[0]["x"] - CREMA["x"]) <= 1 and abs(first_clicks[0]["y"] - CREMA["y"]) <= 1
     assert abs(first_clicks[1]["x"] - TABLE["x"]) <= 1 and abs(first_clicks[1]["y"] - TABLE["y"]) <= 1
+
+
+@pytest.mark.browser
+@pytest.mark.timeout(180)
+def test_the_ui_recovers_when_the_server_has_lost_its_session(tmp_path):
+    """Evicted sessions are rebuilt by the server; one it has lost outright (a restart, a delete) is reopened
+    by the page from the saved click log, and the click that met the 404 is sent again, not dropped."""
+    require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    folder = sample_folder(tmp_path)
+    engine = tiny_engine()
+    mode = classical_mode(engine)
+    app = create_app(engine, AnnotationProject(folder, tmp_path / "out", limits=AppLimits(max_sessions=1)))
+    store = app.state.store
+    page_errors: list[str] = []
+    with LiveServer(app) as server, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.on("pageerror", lambda error: page_errors.append(str(error)))
+            page.goto(server.url + "/")
+            page.wait_for_function("() => window.fbrsApp && window.fbrsApp.session !== null")
+            page.click("#image-list li[data-name='coffee.jpg']")
+            page.wait_for_function("() => window.fbrsApp.session.image_name === 'coffee.jpg'")
+            page.wait_for_function(IDLE)
+            page.select_option("#mode", mode)
+            page.wait_for_function(IDLE)
+            click_canvas(page, CREMA)
+            old_id = page.evaluate("window.fbrsApp.session.session_id")
+            # Evicted by another client's image: the next click is answered by the rebuilt session.
+            assert httpx.post(server.url + "/api/images/chelsea.jpg/session", timeout=60).status_code == 200
+            assert store.find_image("coffee.jpg") is None
+            click_canvas(page, SPOON, button="right")
+            assert len(page.evaluate("window.fbrsApp.session.clicks")) == 2
+            # Lost outright: its saved click log brings it back under a new id, and the click still lands.
+            session = store.remove(old_id)
+            app.state.project.save(session.to_annotation())
+            click_canvas(page, TABLE, button="right")
+            state = page.evaluate("window.fbrsApp.session")
+            assert state["session_id"] != old_id and len(state["clicks"]) == 3
+            assert "reopened coffee.jpg" in page.inner_text("#message")
+        finally:
+            browser.close()
+    assert page_errors == []

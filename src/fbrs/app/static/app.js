@@ -32,9 +32,31 @@ async function api(method, path, body) {
       const payload = await response.json();
       detail = typeof payload.detail === "string" ? payload.detail : JSON.stringify(payload.detail);
     } catch (_) { /* not JSON */ }
-    throw new Error(detail);
+    const error = new Error(detail);
+    error.status = response.status;
+    throw error;
   }
   return response.status === 204 ? null : response.json();
+}
+
+// A request to the session `session` (the state the user acted on). The server rebuilds evicted sessions
+// itself; if it has lost one all the same (it was restarted, or the session was deleted), a folder image
+// is opened again, which resumes it from its saved click log, and the request is sent once more.
+async function sessionRequest(session, method, action, body) {
+  const path = (id) => `/api/sessions/${id}${action ? `/${action}` : ""}`;
+  try {
+    return await api(method, path(session.session_id), body);
+  } catch (error) {
+    if (error.status !== 404 || !session.image_name) throw error;
+    const state = await api("POST", `/api/images/${encodeURIComponent(session.image_name)}/session`);
+    if (ui.session && ui.session.image_name === session.image_name) {
+      ui.session = state;
+      ui.overlayVersion = -1;
+    }
+    session.session_id = state.session_id;
+    showMessage(`reopened ${session.image_name} from its saved clicks`, "info");
+    return api(method, path(state.session_id), body);
+  }
 }
 
 function loadImage(url) {
@@ -172,7 +194,7 @@ function renderSession() {
     remove.textContent = "\u00d7";
     remove.title = `Delete object ${object.id}`;
     remove.addEventListener("click", () => enqueue(() => applyState(
-      api("DELETE", `/api/sessions/${session.session_id}/objects/${object.id}`))));
+      sessionRequest(session, "DELETE", `objects/${object.id}`))));
     item.append(swatch, label, area, remove);
     list.append(item);
   });
@@ -248,10 +270,10 @@ function addClick(event, negative) {
   const click = { x: point.x, y: point.y, positive: !negative };
   ui.pendingClicks.push(click);
   render();
-  const sessionId = ui.session.session_id;
+  const session = ui.session;
   enqueue(async () => {
     try {
-      await applyState(api("POST", `/api/sessions/${sessionId}/clicks`, click));
+      await applyState(sessionRequest(session, "POST", "clicks", click));
     } finally {
       ui.pendingClicks = ui.pendingClicks.filter((pending) => pending !== click);
       render();
@@ -261,15 +283,15 @@ function addClick(event, negative) {
 
 function sessionAction(action) {
   if (!ui.session) return;
-  const sessionId = ui.session.session_id;
-  enqueue(() => applyState(api("POST", `/api/sessions/${sessionId}/${action}`)));
+  const session = ui.session;
+  enqueue(() => applyState(sessionRequest(session, "POST", action)));
 }
 
 function saveImage() {
   if (!ui.session) return;
-  const sessionId = ui.session.session_id;
+  const session = ui.session;
   enqueue(async () => {
-    const state = await applyState(api("POST", `/api/sessions/${sessionId}/save`));
+    const state = await applyState(sessionRequest(session, "POST", "save"));
     const count = state.objects.length;
     showMessage(`saved ${count} object${count === 1 ? "" : "s"} to ${state.files.click_log.replace(/clicks\/[^/]*$/, "")}`, "info");
   });
@@ -277,8 +299,8 @@ function saveImage() {
 
 function updateSettings(values) {
   if (!ui.session) return;
-  const sessionId = ui.session.session_id;
-  enqueue(() => applyState(api("PUT", `/api/sessions/${sessionId}/settings`, values)));
+  const session = ui.session;
+  enqueue(() => applyState(sessionRequest(session, "PUT", "settings", values)));
 }
 
 // ------------------------------------------------------------------------------------------ wiring
@@ -346,6 +368,10 @@ async function start() {
     }
     ui.images = await api("GET", "/api/images");
     renderImageList();
+    const skipped = Object.keys(ui.info.folder.skipped || {});
+    if (skipped.length) {
+      showMessage(`skipped ${skipped.length} unreadable file${skipped.length === 1 ? "" : "s"}: ${skipped.join(", ")}`);
+    }
     const firstOpen = ui.images.findIndex((image) => !image.done);
     await openImage(firstOpen === -1 ? 0 : firstOpen);
   } catch (error) {
