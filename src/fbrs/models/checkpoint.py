@@ -155,7 +155,7 @@ def _safetensors_header(path: Path) -> dict[str, Any] | None:
         raise CheckpointError(f"{path} is truncated: its header is incomplete")
     try:
         return json.loads(raw)
-    except json.JSONDecodeError as error:
+    except ValueError as error:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not UTF-8
         raise CheckpointError(f"{path} has a corrupt safetensors header: {error}") from None
 
 
