@@ -376,3 +376,47 @@ def test_foreign_hosts_and_cross_origin_writes_are_refused(engine, folder, tmp_p
         response = client.post("/api/sessions", headers={"origin": "https://labels.example.org"},
                                files={"image": ("i.png", encoded(SMALL))})
         assert response.status_code == 201
+
+
+def test_eviction_passes_over_a_busy_session_and_never_blocks_the_store(engine, folder, tmp_path):
+    app = folder_app(engine, folder, tmp_path, max_sessions=2)
+    store = app.state.store
+    with client_for(app) as client:
+        first, second = (client.post("/api/sessions", files={"image": ("i.png", encoded(SMALL))}).json()["session_id"]
+                         for _ in range(2))
+        busy = store.get(first)
+        store.get(second)  # `first` is now the least recently used
+        results = {}
+        with busy.lock:  # stands in for a long prediction of `first`
+            worker = threading.Thread(target=lambda: results.update(
+                info=client.get("/api/info"),
+                third=client.post("/api/sessions", files={"image": ("i.png", encoded(SMALL))})))
+            worker.start()
+            worker.join(timeout=20)
+            assert not worker.is_alive(), "the store waited for a busy session"
+        assert results["info"].status_code == 200 and results["third"].status_code == 201
+        assert not busy.closed and first in {session.session_id for session in store.sessions()}
+        assert client.get(f"/api/sessions/{second}").status_code == 200  # the idle one was evicted, and comes back
+
+
+def test_memory_estimate_counts_the_predictor_states_kept_for_undo():
+    from fbrs.app.sessions import AnnotationSession
+    from tests.test_app_helpers import tiny_engine
+
+    image = np.asarray(Image.open(sample_folder_file("coffee.jpg")))
+    session = AnnotationSession(image, tiny_engine())
+    sizes = [session.memory_bytes()]
+    for index in range(3):
+        session.add_click(CREMA["x"] + 10 * index, CREMA["y"], True)
+        sizes.append(session.memory_bytes())
+    assert sizes[0] == image.nbytes and sizes == sorted(sizes) and len(set(sizes)) == 4
+    session.undo()
+    assert session.memory_bytes() == sizes[-1]  # the undone step is kept for redo
+    session.reset_object()
+    assert session.memory_bytes() < sizes[1]
+
+
+def sample_folder_file(name: str):
+    from fbrs.app.cli import SAMPLES_DIR
+
+    return SAMPLES_DIR / name

@@ -282,6 +282,8 @@ def create_app(
                 "max_clicks_per_object": MAX_CLICKS_PER_OBJECT,
                 "display_max_side": limits.display_max_side,
             },
+            "sessions": {"live": len(store), "memory_bytes": store.memory_bytes(), "evictions": store.evictions,
+                         "restores": store.restores},
             "folder": None if project is None else {
                 "images_dir": str(project.images_dir), "out_dir": str(project.out_dir),
                 "skipped": project.skipped_images(),

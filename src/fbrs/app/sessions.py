@@ -47,6 +47,39 @@ class AppClick:
                    parse_bool(values["positive"], "positive"))
 
 
+def _buffer_bytes(value: Any, seen: set[int], depth: int = 0) -> int:
+    """Bytes of the NumPy arrays and torch tensors reachable from `value` (containers and plain objects,
+    a few levels deep); a buffer already in `seen` (shared between states) counts once."""
+    if value is None or depth > 8 or isinstance(value, (bool, int, float, str, bytes)):
+        return 0
+    if isinstance(value, np.ndarray):
+        owner = value.base if isinstance(value.base, np.ndarray) else value
+        if id(owner) in seen:
+            return 0
+        seen.add(id(owner))
+        return int(owner.nbytes)
+    if type(value).__module__.startswith("torch"):
+        storage = getattr(value, "untyped_storage", None)
+        if storage is None:
+            return 0  # a module or another torch object: shared, not the session's
+        key = value.untyped_storage().data_ptr()
+        if key in seen:
+            return 0
+        seen.add(key)
+        return int(value.untyped_storage().nbytes())
+    if id(value) in seen:
+        return 0
+    seen.add(id(value))
+    if isinstance(value, dict):
+        return sum(_buffer_bytes(item, seen, depth + 1) for item in value.values())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return sum(_buffer_bytes(item, seen, depth + 1) for item in value)
+    fields = getattr(value, "__dict__", None)
+    if isinstance(fields, dict):
+        return sum(_buffer_bytes(item, seen, depth + 1) for item in fields.values())
+    return 0
+
+
 @dataclass
 class _Step:
     """What one click left behind, so undo and redo restore it without recomputing.
@@ -86,6 +119,7 @@ class AnnotationSession:
         self.last_latency_ms: float | None = None
         self.version = 0  # bumps on every change; the UI uses it to refetch the overlay
         self.closed = False  # set (under the lock) once the store has evicted the session: callers retry
+        self._memory_estimate: tuple[tuple[int, int], int] | None = None
         self._steps: list[_Step] = []
         self._redo: list[_Step] = []
         self._predictor: Any = None
@@ -122,14 +156,24 @@ class AnnotationSession:
 
     def memory_bytes(self) -> int:
         """What the session holds in memory, roughly: the image (twice once a predictor has a copy), the
-        finished masks, the kept probability maps, and per click the predictor's cached state (estimated
-        as one float32 map of the image, at most the 1024 px copy the first pass runs on)."""
-        pixels = self.height * self.width
-        steps = self._steps + self._redo
+        upload's bytes, the finished masks, the kept probability maps and the predictor states kept for
+        undo / redo (their arrays and tensors, each buffer counted once: mostly the f-BRS feature cache of
+        each click's crop, ~10 MB per click whatever the image size). Cached per version.
+
+        Lock-free on purpose: the store asks while holding its own lock, and must not wait for a session
+        that is busy predicting. The lists are copied before they are walked and states are never changed
+        in place, so a concurrent click makes the estimate one click stale, nothing worse."""
+        key = (self.version, id(self._predictor))
+        cached = self._memory_estimate
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        seen: set[int] = set()
+        steps = list(self._steps) + list(self._redo)
         total = self.image.nbytes * (2 if self._predictor is not None else 1) + len(self.source or b"")
-        total += sum(item.mask.nbytes for item in self.objects)
-        total += sum(step.probabilities.nbytes for step in steps if step.probabilities is not None)
-        total += len(steps) * 4 * min(pixels, 1024 * 1024)
+        total += sum(_buffer_bytes(item.mask, seen) for item in list(self.objects))
+        total += sum(_buffer_bytes(step.probabilities, seen) + _buffer_bytes(step.predictor_state, seen)
+                     for step in steps)
+        self._memory_estimate = (key, total)
         return total
 
     def next_object_id(self) -> int:

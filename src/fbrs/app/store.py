@@ -189,50 +189,65 @@ class SessionStore:
         with self._lock:
             return sum(session.memory_bytes() for session in self._sessions.values())
 
-    def _next_victim_locked(self) -> AnnotationSession | None:
+    def _over_bounds_locked(self) -> list[AnnotationSession]:
+        """The sessions that may be evicted now, least recently used first; empty while both bounds hold.
+        The most recently used session always stays, however large."""
         candidates = [session for key, session in self._sessions.items() if key not in self._evicting]
         if len(candidates) <= 1:
-            return None  # the most recently used session always stays, however large
+            return []
         if len(candidates) > self.max_sessions:
-            return candidates[0]
+            return candidates[:-1]
         if self.max_bytes is not None and sum(session.memory_bytes() for session in candidates) > self.max_bytes:
-            return candidates[0]
-        return None
+            return candidates[:-1]
+        return []
 
     def enforce(self) -> None:
-        """Evict least recently used sessions until both bounds hold (called after adds and requests)."""
+        """Evict least recently used sessions until both bounds hold (called after adds and requests).
+        A session busy with a request is passed over for the next idle one; only when all are busy does
+        eviction wait for the least recently used."""
         while True:
             with self._lock:
-                victim = self._next_victim_locked()
-                if victim is None:
+                candidates = self._over_bounds_locked()
+                if not candidates:
                     return
+                victim = next((session for session in candidates if session.lock.acquire(blocking=False)), None)
+                if victim is None:
+                    victim = candidates[0]
+                    locked = False
+                else:
+                    locked = True
                 self._evicting.add(victim.session_id)
-            if not self._evict(victim):
+            if not locked:
+                victim.lock.acquire()
+            try:
+                evicted = self._evict_locked(victim)
+            finally:
+                victim.lock.release()
+            if not evicted:
                 return
 
-    def _evict(self, victim: AnnotationSession) -> bool:
-        with victim.lock:
-            try:
-                tombstone = self._persist(victim) if self._persist is not None else None
-            except Exception:  # noqa: BLE001 - a session that cannot be saved stays live: better RAM than lost work
-                LOGGER.exception("fbrs app: could not save session %s for eviction; keeping it", victim.session_id)
-                with self._lock:
-                    self._evicting.discard(victim.session_id)
-                    if victim.session_id in self._sessions:
-                        self._sessions.move_to_end(victim.session_id)
-                return False
-            expired: list[Tombstone] = []
+    def _evict_locked(self, victim: AnnotationSession) -> bool:
+        """Save `victim` (its lock held), leave a tombstone, mark it closed. False when saving failed."""
+        try:
+            tombstone = self._persist(victim) if self._persist is not None else None
+        except Exception:  # noqa: BLE001 - a session that cannot be saved stays live: better RAM than lost work
+            LOGGER.exception("fbrs app: could not save session %s for eviction; keeping it", victim.session_id)
             with self._lock:
                 self._evicting.discard(victim.session_id)
-                self._sessions.pop(victim.session_id, None)
-                if tombstone is not None:
-                    self._tombstones[victim.session_id] = tombstone
-                    if tombstone.image_name is not None:
-                        self._image_tombstones[tombstone.image_name] = tombstone
-                uploads = [item for item in self._tombstones.values() if item.image_name is None]
-                expired = uploads[: max(0, len(uploads) - MAX_UPLOAD_TOMBSTONES)]
-                self.evictions += 1
-            victim.closed = True
+                if victim.session_id in self._sessions:
+                    self._sessions.move_to_end(victim.session_id)
+            return False
+        with self._lock:
+            self._evicting.discard(victim.session_id)
+            self._sessions.pop(victim.session_id, None)
+            if tombstone is not None:
+                self._tombstones[victim.session_id] = tombstone
+                if tombstone.image_name is not None:
+                    self._image_tombstones[tombstone.image_name] = tombstone
+            uploads = [item for item in self._tombstones.values() if item.image_name is None]
+            expired = uploads[: max(0, len(uploads) - MAX_UPLOAD_TOMBSTONES)]
+            self.evictions += 1
+        victim.closed = True
         for old in expired:
             self._drop_tombstone(old)
         return True
