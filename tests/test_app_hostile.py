@@ -420,3 +420,17 @@ def sample_folder_file(name: str):
     from fbrs.app.cli import SAMPLES_DIR
 
     return SAMPLES_DIR / name
+
+
+def test_a_session_in_use_is_never_evicted_under_it(engine):
+    """Under load (more users than --max-sessions) a session must not be evicted between being looked up
+    and being used: it is pinned for the request, and the bound waits for it (the load test's 404s)."""
+    from fbrs.app.sessions import AnnotationSession
+    from fbrs.app.store import SessionStore
+
+    store = SessionStore(max_sessions=1)
+    first = store.add(AnnotationSession(SMALL, engine))
+    with store.checkout(first.session_id) as session:
+        second = store.add(AnnotationSession(SMALL, engine))
+        assert session is first and not first.closed and len(store) == 2  # over the bound while in use
+    assert first.closed and [item.session_id for item in store.sessions()] == [second.session_id]

@@ -225,17 +225,13 @@ def create_app(
     app.add_middleware(HostGuard, allowed_hosts=tuple(allowed_hosts), allowed_origins=tuple(allowed_origins))
 
     def use(session_id: str, action: Callable[[AnnotationSession], T]) -> T:
-        """Run `action` on the live session (rebuilt if it was evicted), under its lock."""
-        for _ in range(8):
-            session = store.get(session_id)
-            with session.lock:
-                if not session.closed:  # else it was evicted between get and lock: get it again
-                    result = action(session)
-                    break
-        else:
-            raise SessionNotFoundError(f"session {session_id[:64]!r} keeps being evicted; the server is overloaded")
-        store.enforce()  # the session may have grown past the memory bound
-        return result
+        """Run `action` on the live session (rebuilt if it was evicted), pinned and under its lock; the
+        bounds are enforced again when it ends (the session may have grown)."""
+        for _ in range(3):
+            with store.checkout(session_id) as session, session.lock:  # pinned: not evicted while in use
+                if not session.closed:  # else its eviction was finishing: the next checkout rebuilds it
+                    return action(session)
+        raise SessionNotFoundError(f"session {session_id[:64]!r} was closed meanwhile")
 
     def folder() -> AnnotationProject:
         if project is None:
@@ -298,12 +294,12 @@ def create_app(
     def open_image(image_name: str) -> dict[str, Any]:
         annotations = folder()
         annotations.image_path(image_name)  # 404 for a name outside the folder, before any work
-        for _ in range(8):
-            session = store.open_image(image_name, create=lambda: open_folder_session(image_name))
-            with session.lock:
-                if not session.closed:
-                    return session.state()
-        raise SessionNotFoundError(f"the session of {image_name!r} keeps being evicted; the server is overloaded")
+        for _ in range(3):
+            with store.checkout_image(image_name, create=lambda: open_folder_session(image_name)) as session:
+                with session.lock:
+                    if not session.closed:
+                        return session.state()
+        raise SessionNotFoundError(f"the session of {image_name!r} was closed meanwhile; open it again")
 
     # ----------------------------------------------------------------------------------- sessions
 

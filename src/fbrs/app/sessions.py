@@ -119,6 +119,7 @@ class AnnotationSession:
         self.last_latency_ms: float | None = None
         self.version = 0  # bumps on every change; the UI uses it to refetch the overlay
         self.closed = False  # set (under the lock) once the store has evicted the session: callers retry
+        self.pins = 0  # requests using the session now (SessionStore.checkout); a pinned session stays live
         self._memory_estimate: tuple[tuple[int, int], int] | None = None
         self._steps: list[_Step] = []
         self._redo: list[_Step] = []

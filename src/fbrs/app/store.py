@@ -7,21 +7,24 @@ the unfinished object's clicks, so a session that existed answers as before inst
 redo stack is lost. A folder image has one session (one id) for the app's lifetime, whatever the number
 of tabs or concurrent opens, so two of them can never overwrite each other's objects.
 
-Locking: the store's own lock guards its dictionaries only (never held while saving or predicting);
-a session's lock is held while it is saved and marked `closed`, so a request that got the session just
-before its eviction either finishes first (and is saved) or sees `closed` and asks the store again;
-`_revive_lock` makes "find, else rebuild or create" atomic, one at a time.
+Locking: the store's own lock guards its dictionaries only (never held while saving or predicting).
+A request pins the session it uses (`checkout`): a pinned session is never chosen for eviction, so
+under load the bounds are exceeded by the requests in flight rather than a session being evicted
+between two of its own steps. A session's lock is held while it is saved and marked `closed`; a request
+that found it just then sees `closed` and checks it out again, which rebuilds it. `_revive_lock` makes
+"find, else rebuild or create" atomic, one at a time. Eviction never waits for a busy session.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -87,7 +90,8 @@ class SessionStore:
         self.enforce()
         return session
 
-    def _add_locked(self, session: AnnotationSession) -> None:
+    def _add_locked(self, session: AnnotationSession, pin: bool = False) -> None:
+        session.pins += pin
         self._sessions[session.session_id] = session
         self._sessions.move_to_end(session.session_id)
         tombstone = self._tombstones.pop(session.session_id, None)
@@ -96,26 +100,7 @@ class SessionStore:
 
     def get(self, session_id: str) -> AnnotationSession:
         """The live session, or the evicted one rebuilt; SessionNotFoundError for an unknown id."""
-        with self._lock:
-            session = self._sessions.get(session_id)
-            if session is not None:
-                self._sessions.move_to_end(session_id)
-                return session
-            tombstone = self._tombstones.get(session_id)
-        if tombstone is None:
-            raise SessionNotFoundError(f"no session {session_id[:64]!r} (never created, or deleted); create a new one")
-        if tombstone.image_name is not None:
-            return self.open_image(tombstone.image_name, create=None)
-        with self._revive_lock:
-            with self._lock:
-                session = self._sessions.get(session_id)
-                tombstone = self._tombstones.get(session_id)
-            if session is None:
-                if tombstone is None:
-                    raise SessionNotFoundError(f"no session {session_id[:64]!r} (deleted meanwhile)")
-                session = self._rebuild(tombstone)
-                with self._lock:
-                    self._add_locked(session)
+        session = self._get(session_id, pin=False)
         self.enforce()
         return session
 
@@ -124,20 +109,81 @@ class SessionStore:
     ) -> AnnotationSession:
         """The one session of a folder image: live, else rebuilt from its tombstone (same id), else
         `create()`; concurrent calls for one image get the same session."""
+        session = self._open_image(image_name, create, pin=False)
+        self.enforce()
+        return session
+
+    @contextlib.contextmanager
+    def checkout(self, session_id: str) -> Iterator[AnnotationSession]:
+        """`get`, with the session pinned until the block ends: a session some request is using is never
+        evicted under it (the bounds may then be exceeded by the requests in flight, briefly)."""
+        session = self._get(session_id, pin=True)
+        try:
+            yield session
+        finally:
+            self._unpin(session)
+
+    @contextlib.contextmanager
+    def checkout_image(
+        self, image_name: str, create: Callable[[], AnnotationSession] | None
+    ) -> Iterator[AnnotationSession]:
+        """`open_image`, pinned like `checkout`."""
+        session = self._open_image(image_name, create, pin=True)
+        try:
+            yield session
+        finally:
+            self._unpin(session)
+
+    def _unpin(self, session: AnnotationSession) -> None:
+        with self._lock:
+            session.pins -= 1
+        self.enforce()  # bounds that waited for this session to be idle
+
+    def _get(self, session_id: str, pin: bool) -> AnnotationSession:
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is not None:
+                self._sessions.move_to_end(session_id)
+                session.pins += pin
+                return session
+            tombstone = self._tombstones.get(session_id)
+        if tombstone is None:
+            raise SessionNotFoundError(f"no session {session_id[:64]!r} (never created, or deleted); create a new one")
+        if tombstone.image_name is not None:
+            return self._open_image(tombstone.image_name, None, pin)
+        with self._revive_lock:
+            with self._lock:
+                session = self._sessions.get(session_id)
+                tombstone = self._tombstones.get(session_id)
+                if session is not None:
+                    self._sessions.move_to_end(session_id)
+                    session.pins += pin
+                    return session
+            if tombstone is None:
+                raise SessionNotFoundError(f"no session {session_id[:64]!r} (deleted meanwhile)")
+            session = self._rebuild(tombstone)
+            with self._lock:
+                self._add_locked(session, pin)
+        return session
+
+    def _open_image(
+        self, image_name: str, create: Callable[[], AnnotationSession] | None, pin: bool
+    ) -> AnnotationSession:
         with self._revive_lock:
             with self._lock:
                 session = self._find_image_locked(image_name)
                 tombstone = self._image_tombstones.get(image_name)
-            if session is None:
-                if tombstone is not None:
-                    session = self._rebuild(tombstone)
-                elif create is not None:
-                    session = create()
-                else:
-                    raise SessionNotFoundError(f"the session of {image_name!r} is gone; open the image again")
-                with self._lock:
-                    self._add_locked(session)
-        self.enforce()
+                if session is not None:
+                    session.pins += pin
+                    return session
+            if tombstone is not None:
+                session = self._rebuild(tombstone)
+            elif create is not None:
+                session = create()
+            else:
+                raise SessionNotFoundError(f"the session of {image_name!r} is gone; open the image again")
+            with self._lock:
+                self._add_locked(session, pin)
         return session
 
     def _find_image_locked(self, image_name: str) -> AnnotationSession | None:
@@ -191,34 +237,26 @@ class SessionStore:
 
     def _over_bounds_locked(self) -> list[AnnotationSession]:
         """The sessions that may be evicted now, least recently used first; empty while both bounds hold.
-        The most recently used session always stays, however large."""
-        candidates = [session for key, session in self._sessions.items() if key not in self._evicting]
-        if len(candidates) <= 1:
+        The most recently used session always stays, however large, and so do pinned ones (in use)."""
+        live = [session for key, session in self._sessions.items() if key not in self._evicting]
+        if len(live) <= 1:
             return []
-        if len(candidates) > self.max_sessions:
-            return candidates[:-1]
-        if self.max_bytes is not None and sum(session.memory_bytes() for session in candidates) > self.max_bytes:
-            return candidates[:-1]
-        return []
+        over = len(live) > self.max_sessions or (
+            self.max_bytes is not None and sum(session.memory_bytes() for session in live) > self.max_bytes
+        )
+        return [session for session in live[:-1] if session.pins == 0] if over else []
 
     def enforce(self) -> None:
-        """Evict least recently used sessions until both bounds hold (called after adds and requests).
-        A session busy with a request is passed over for the next idle one; only when all are busy does
-        eviction wait for the least recently used."""
+        """Evict least recently used idle sessions until both bounds hold (called after adds and requests).
+        Never waits: a session in use (pinned, or its lock held) is passed over, and while every
+        candidate is in use the bounds are exceeded by those requests until they end."""
         while True:
             with self._lock:
-                candidates = self._over_bounds_locked()
-                if not candidates:
-                    return
-                victim = next((session for session in candidates if session.lock.acquire(blocking=False)), None)
+                victim = next((session for session in self._over_bounds_locked()
+                               if session.lock.acquire(blocking=False)), None)
                 if victim is None:
-                    victim = candidates[0]
-                    locked = False
-                else:
-                    locked = True
+                    return
                 self._evicting.add(victim.session_id)
-            if not locked:
-                victim.lock.acquire()
             try:
                 evicted = self._evict_locked(victim)
             finally:
