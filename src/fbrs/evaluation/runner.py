@@ -213,6 +213,13 @@ def replay_clicks(predictor: Any, image: np.ndarray, clicks: Iterable[RobotClick
 # Modes, models, predictors
 
 
+def accepted_options(mode: str, options: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """fbrs.inference.accepted_options: the options `mode` takes, and the names of those it ignores."""
+    from fbrs.inference import accepted_options as split
+
+    return split(mode, options)
+
+
 def available_modes() -> list[str]:
     """Every registered predictor mode (learned modes + classical baselines)."""
     from fbrs.inference import available_modes as registered
@@ -372,7 +379,7 @@ class _WorkerContext:
         settings = self.settings
         dataset = self.datasets[task.dataset]
         sample = dataset[task.index]
-        options = predictor_options_for(settings, dataset.name) if mode_needs_model(task.mode) else {}
+        options, _ = accepted_options(task.mode, predictor_options_for(settings, dataset.name))
         if mode_needs_model(task.mode) and settings.backend_for(task.mode) == "onnx":
             options["backend"] = "onnx"
         predictor = self.factory(task.mode, self.model if mode_needs_model(task.mode) else None, **options)

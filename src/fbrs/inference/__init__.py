@@ -19,6 +19,23 @@ def available_modes() -> list[str]:
     return PREDICTORS.names()
 
 
+def accepted_options(mode: str, options: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Split predictor `options` into those `mode`'s factory takes and the names of those it ignores.
+
+    DeepLab modes (and names the registry does not know, e.g. a test's own factory) take every option. A
+    mode registered with an `options` tuple (the SAM family: lbfgs_max_evaluations, prob_threshold, ...)
+    takes those; other modes without a model (the classical baselines) take none."""
+    if mode not in PREDICTORS:
+        available_modes()  # the baselines register on import
+    if mode not in PREDICTORS:
+        return dict(options), []
+    meta = PREDICTORS.meta(mode)
+    if meta.get("needs_model", True):
+        return dict(options), []
+    names = set(meta.get("options", ()))
+    return {k: v for k, v in options.items() if k in names}, [k for k in options if k not in names]
+
+
 def create_predictor(mode: str, model=None, **options: Any):
     """Build a predictor for `mode`. Learned modes need a model (default: the bundled one);
     classical baselines ignore it. The result has set_image / add_click / undo / reset / clicks."""
@@ -27,4 +44,4 @@ def create_predictor(mode: str, model=None, **options: Any):
     return PREDICTORS.get(mode)(model=model, **options)
 
 
-__all__ = ["Click", "Predictor", "available_modes", "create_predictor"]
+__all__ = ["Click", "Predictor", "accepted_options", "available_modes", "create_predictor"]

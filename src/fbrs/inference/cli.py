@@ -97,8 +97,11 @@ def run_predict(args: argparse.Namespace) -> int:
     import torch
 
     from fbrs.images import load_image
-    from fbrs.inference.predictor import Predictor
+    from fbrs.inference import accepted_options, available_modes, create_predictor
+    from fbrs.registry import PREDICTORS
 
+    if args.mode not in available_modes():
+        raise ConfigError(f"unknown mode {args.mode!r}; available: {', '.join(available_modes())}")
     clicks = [parse_click(text) for text in args.click]
     if not clicks:
         raise InvalidClickError("give at least one --click Y,X,+")
@@ -111,21 +114,27 @@ def run_predict(args: argparse.Namespace) -> int:
     check_clicks_inside(clicks, *image.shape[:2])
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = _load_model_arg(args.model)
-    backend = args.backend
-    if backend == "onnx":
+    needs_model = bool(PREDICTORS.meta(args.mode).get("needs_model", True))
+    # The SAM family brings its own model and takes only some options; a classical baseline takes none.
+    options, ignored = accepted_options(
+        args.mode,
+        {"zoom_in": args.zoom_in, "with_flip": args.flip, "prob_threshold": args.threshold, "backend": args.backend},
+    )
+    defaults = {"zoom_in": True, "with_flip": True, "prob_threshold": 0.49, "backend": "torch"}
+    flags = {"zoom_in": "--no-zoom-in", "with_flip": "--no-flip", "prob_threshold": "--threshold",
+             "backend": "--backend"}
+    changed = [flags[name] for name in ignored if getattr(args, _PREDICT_ARGS[name]) != defaults[name]]
+    if changed:
+        _print_stderr(f"mode {args.mode} ignores {', '.join(changed)}")
+    if args.model is not None and not needs_model:
+        _print_stderr(f"mode {args.mode} ignores --model (it uses its own model)")
+    model = _load_model_arg(args.model) if needs_model else None
+    if needs_model and args.backend == "onnx":
         from fbrs.inference.onnx_backend import export_for_modes
 
         # Here rather than inside the Predictor: tell the user why the first run waits.
         export_for_modes(model, [args.mode], notify=_print_stderr)
-    predictor = Predictor(
-        model,
-        mode=args.mode,
-        zoom_in=args.zoom_in,
-        with_flip=args.flip,
-        prob_threshold=args.threshold,
-        backend=backend,
-    )
+    predictor = create_predictor(args.mode, model=model, **options)
     predictor.set_image(image)
     started = time.perf_counter()
     for y, x, positive in clicks:
@@ -140,6 +149,10 @@ def run_predict(args: argparse.Namespace) -> int:
         f"({len(clicks)} clicks, {args.mode}, {time.perf_counter() - started:.2f} s)"
     )
     return 0
+
+
+#: Predictor option -> the `fbrs predict` argument it comes from.
+_PREDICT_ARGS = {"zoom_in": "zoom_in", "with_flip": "flip", "prob_threshold": "threshold", "backend": "backend"}
 
 
 def write_outputs(paths: list[Path], mask: np.ndarray, probabilities: np.ndarray | None) -> None:
@@ -287,7 +300,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     # outside the image, with that message) like a negative number.
     predict._negative_number_matcher = _CLICK_OR_NUMBER
     predict.add_argument("--model", help="model file (.safetensors or original f-BRS .pth); default: bundled model")
-    predict.add_argument("--mode", default="f-BRS-B", choices=list(MODES), help="refinement mode (default f-BRS-B)")
+    predict.add_argument(
+        "--mode", default="f-BRS-B",
+        help="predictor mode (default f-BRS-B): " + ", ".join(MODES) + ", the SAM family (SAM, SAM-f-BRS-...), "
+        "classical baselines; `fbrs models` lists them all",
+    )
     predict.add_argument("--zoom-in", dest="zoom_in", action=argparse.BooleanOptionalAction, default=True)
     predict.add_argument(
         "--flip", action=argparse.BooleanOptionalAction, default=True, help="flip test-time augmentation"

@@ -30,6 +30,12 @@ SAM_MODES: dict[str, SamModeSpec] = {
 }
 
 
+#: The predictor options (`fbrs evaluate`'s predictor_options, `create_predictor(mode, **options)`) that the
+#: SAM modes take; the runner drops the others (flip TTA, clicks limit, max image side, backend) and
+#: `fbrs evaluate` says so.
+SAM_OPTIONS = ("lbfgs_max_evaluations", "max_clicks", "prob_threshold", "mask_feedback", "multimask_first_click")
+
+
 def _register(spec: SamModeSpec) -> None:
     def factory(model=None, **options):
         from fbrs.inference.sam_predictor import SamPredictor
@@ -41,7 +47,9 @@ def _register(spec: SamModeSpec) -> None:
         return SamPredictor(model, insertion=spec.insertion, mode=spec.name, **options)
 
     factory.__doc__ = spec.description
-    PREDICTORS.register(spec.name, needs_model=False, family="sam", description=spec.description)(factory)
+    PREDICTORS.register(
+        spec.name, needs_model=False, family="sam", options=SAM_OPTIONS, description=spec.description
+    )(factory)
 
 
 for _spec in SAM_MODES.values():

@@ -40,6 +40,11 @@ class SamModel:
     def config(self) -> SamDecoderConfig:
         return self.decoder.config
 
+    def clear_cache(self) -> None:
+        """Forget every cached embedding (benchmarks time the encoder on a 'new' image this way)."""
+        with self._lock:
+            self._cache.clear()
+
     def embed(self, image: np.ndarray) -> ImageEmbedding:
         """image (H, W, 3) uint8 RGB -> its ImageEmbedding (cached)."""
         import time
