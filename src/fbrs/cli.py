@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "fbrs.evaluation.cli",  # evaluate, report, bench
     "fbrs.training.cli",  # train, pack-data
     "fbrs.app.cli",  # app
+    "fbrs.serve.cli",  # serve label-studio, serve cvat
 )
 
 
