@@ -8,7 +8,8 @@ import pytest
 import fbrs
 from fbrs.errors import InvalidClickError, InvalidImageError
 
-MODES = ["NoBRS", "RGB-BRS", "DistMap-BRS", "f-BRS-A", "f-BRS-B", "f-BRS-C"]
+MODES = ["NoBRS", "RGB-BRS", "DistMap-BRS", "f-BRS-A", "f-BRS-B", "f-BRS-C", "f-BRS-A-guarded", "f-BRS-B-guarded",
+         "f-BRS-C-guarded"]
 
 
 @pytest.fixture(scope="module")

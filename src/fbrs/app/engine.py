@@ -59,7 +59,10 @@ def _registered_modes() -> list[tuple[str, bool]]:
     from fbrs.registry import PREDICTORS
 
     modes = [(name, bool(PREDICTORS.meta(name).get("needs_model", True))) for name in available_modes()]
-    modes.sort(key=lambda item: (not item[1], LEARNED_MODES.index(item[0]) if item[0] in LEARNED_MODES else 0))
+    # The paper's six first, in their order, then the other learned modes (e.g. "f-BRS-B-guarded"), then the
+    # rest (SAM family, baselines), each group in registration order (the sort is stable).
+    order = {name: index for index, name in enumerate(LEARNED_MODES)}
+    modes.sort(key=lambda item: (not item[1], order.get(item[0], len(LEARNED_MODES))))
     return modes
 
 

@@ -14,6 +14,7 @@ class ModeSpec:
     target: str | None  # InputBRS target or FeatureBRS insertion point
     clicks_limit: int | None  # default net-clicks limit of the original code
     description: str
+    guard: bool = False  # FeatureBRS with fbrs.inference.brs.guard on by default (the "-guarded" variants)
 
 
 MODES: dict[str, ModeSpec] = {
@@ -27,6 +28,17 @@ MODES: dict[str, ModeSpec] = {
         ModeSpec("f-BRS-C", "feature", "after_decoder", 8, "scale/bias after the decoder"),
     )
 }
+
+#: The paper's six modes, whose behaviour (and goldens) never change.
+PAPER_MODES = tuple(MODES)
+
+# Guarded f-BRS (issue 14, item 5): the same modes with fbrs.inference.brs.guard on.
+for _name in ("f-BRS-A", "f-BRS-B", "f-BRS-C"):
+    _paper = MODES[_name]
+    MODES[f"{_name}-guarded"] = ModeSpec(
+        f"{_name}-guarded", "feature", _paper.target, _paper.clicks_limit,
+        f"{_paper.description}, guarded: a click never flips much of the mask far from every click", guard=True,
+    )
 
 
 #: Where the feed-forward part runs: "torch", "onnx" (ONNX Runtime, `fbrs.inference.onnx_backend`), or

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from fbrs.errors import InvalidClickError, InvalidImageError
 from fbrs.images import as_rgb_uint8
+from fbrs.inference.brs.guard import GuardConfig, resolve_guard
 from fbrs.inference.brs.objective import BRSConfig, LBFGSConfig
 from fbrs.inference.brs.refiners import FeatureBRS, InputBRS, NoRefinement, Refiner
 from fbrs.inference.clicks import Click
@@ -38,7 +39,8 @@ class Predictor:
 
     Args:
         model: an InteractiveModel (see `fbrs.load_model`, `fbrs.models.load_default_model`).
-        mode: "NoBRS", "RGB-BRS", "DistMap-BRS", "f-BRS-A", "f-BRS-B" or "f-BRS-C".
+        mode: "NoBRS", "RGB-BRS", "DistMap-BRS", "f-BRS-A", "f-BRS-B" or "f-BRS-C" (the paper's), or
+            "f-BRS-A-guarded", "f-BRS-B-guarded", "f-BRS-C-guarded" (the same with `guard` on).
         zoom_in: run the network on a crop around the object from the 2nd click on (Zoom-In).
         zoom_in_target_size: longer side of the crop fed to the network (400; the original used 600 on DAVIS).
         zoom_in_skip_clicks: clicks before Zoom-In starts: 1 as the original code, 2 as the paper's text.
@@ -57,6 +59,9 @@ class Predictor:
             layers BRS differentiates stay in torch. An `fbrs.inference.onnx_backend.OnnxBackend` may be
             given instead (to share its sessions between predictors). Not for RGB-BRS / DistMap-BRS.
         onnx_files: with backend="onnx", the .onnx file(s) exported from this very model.
+        guard: f-BRS only. None: the mode's default (off for the paper's modes, on for "-guarded");
+            True / False, or a `fbrs.inference.brs.guard.GuardConfig`: damp an L-BFGS solution that flips
+            many pixels far from every click relative to the network's own answer (`brs.guard`).
     """
 
     def __init__(
@@ -75,6 +80,7 @@ class Predictor:
         max_image_side: int | None = None,
         backend: str | OnnxBackend = "torch",
         onnx_files: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+        guard: GuardConfig | bool | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; available: {', '.join(MODES)}")
@@ -109,7 +115,7 @@ class Predictor:
         elif spec.refiner == "input":
             self.refiner = InputBRS(spec.target, **common)
         else:
-            self.refiner = FeatureBRS(spec.target, **common)
+            self.refiner = FeatureBRS(spec.target, guard=resolve_guard(guard, spec.guard), **common)
         self._image: np.ndarray | None = None
         self._image_tensor: torch.Tensor | None = None
         self._clicks: list[Click] = []

@@ -17,6 +17,7 @@ class SamModeSpec:
     name: str
     insertion: str | None  # None: the plain SAM loop; else FeatureBRS at this SAM_INSERTIONS point
     description: str
+    guard: bool = False  # fbrs.inference.brs.guard on by default (the "-guarded" variants)
 
 
 SAM_MODES: dict[str, SamModeSpec] = {
@@ -28,12 +29,19 @@ SAM_MODES: dict[str, SamModeSpec] = {
         SamModeSpec("SAM-f-BRS-upscaled", "upscaled", "SAM + f-BRS: scale/bias on the upscaled mask features"),
     )
 }
+for _plain in list(SAM_MODES.values())[1:]:
+    SAM_MODES[f"{_plain.name}-guarded"] = SamModeSpec(
+        f"{_plain.name}-guarded", _plain.insertion,
+        f"{_plain.description}, guarded: a click never flips much of the mask far from every click", guard=True,
+    )
 
 
 #: The predictor options (`fbrs evaluate`'s predictor_options, `create_predictor(mode, **options)`) that the
 #: SAM modes take; the runner drops the others (flip TTA, clicks limit, max image side, backend) and
 #: `fbrs evaluate` says so.
-SAM_OPTIONS = ("lbfgs_max_evaluations", "max_clicks", "prob_threshold", "mask_feedback", "multimask_first_click")
+SAM_OPTIONS = (
+    "lbfgs_max_evaluations", "max_clicks", "prob_threshold", "mask_feedback", "multimask_first_click", "guard"
+)
 
 
 def _register(spec: SamModeSpec) -> None:
@@ -44,6 +52,7 @@ def _register(spec: SamModeSpec) -> None:
             from fbrs.models.sam.model import load_default_sam_model
 
             model = load_default_sam_model()
+        options.setdefault("guard", spec.guard)
         return SamPredictor(model, insertion=spec.insertion, mode=spec.name, **options)
 
     factory.__doc__ = spec.description

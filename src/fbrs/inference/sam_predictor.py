@@ -16,6 +16,7 @@ import torch
 
 from fbrs.errors import InvalidClickError, InvalidImageError
 from fbrs.images import as_rgb_uint8
+from fbrs.inference.brs.guard import GuardConfig, resolve_guard
 from fbrs.inference.brs.objective import BRSConfig, LBFGSConfig
 from fbrs.inference.brs.refiners import FeatureBRS, NoRefinement, Refiner
 from fbrs.inference.clicks import Click
@@ -45,6 +46,8 @@ class SamPredictor:
         prob_threshold: mask threshold (0.5: logits > 0, as SAM), also used by the f-BRS early exits.
         lbfgs_max_evaluations: L-BFGS function evaluations per click (20, as the DeepLab modes).
         max_clicks: refuse clicks beyond this many (None: no limit).
+        guard: f-BRS only: False (default) / True / a `fbrs.inference.brs.guard.GuardConfig`: damp an L-BFGS
+            solution that flips many pixels far from every click relative to the decoder's own answer.
         zoom_in: accepted so that callers which pass it to every mode work; Zoom-In is not implemented for
             this family, the whole image is always encoded.
     """
@@ -60,6 +63,7 @@ class SamPredictor:
         max_clicks: int | None = None,
         zoom_in: bool = False,
         mode: str | None = None,
+        guard: GuardConfig | bool | None = None,
     ) -> None:
         if not isinstance(model, SamModel):
             raise TypeError(f"SAM modes need a SamModel (fbrs.models.sam), got {type(model).__name__}")
@@ -77,7 +81,10 @@ class SamPredictor:
             prob_threshold=prob_threshold,
         )
         common = {"clicks_limit": None, "with_flip": False, "config": config}
-        self.refiner: Refiner = NoRefinement(**common) if insertion is None else FeatureBRS(insertion, **common)
+        if insertion is None:
+            self.refiner: Refiner = NoRefinement(**common)
+        else:
+            self.refiner = FeatureBRS(insertion, guard=resolve_guard(guard, False), **common)
         self._image: np.ndarray | None = None
         self._embedding: ImageEmbedding | None = None
         self._clicks: list[Click] = []

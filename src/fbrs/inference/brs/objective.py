@@ -57,6 +57,7 @@ class ClickObjective:
         self.positive = positive
         self.negative = negative
         self.best_logits: torch.Tensor | None = None
+        self.best_x: np.ndarray | None = None  # the variables of best_logits (for the guard, brs.guard)
         self.best_loss = np.inf
         self.loss_values: list[float] = []
         self._last_mask: torch.Tensor | None = None
@@ -68,6 +69,7 @@ class ClickObjective:
         self.loss_values.append(float(value))
         if self.best_logits is None or value < self.best_loss:
             self.best_logits = logits.detach()
+            self.best_x = np.array(x, dtype=np.float32)
             self.best_loss = value
         threshold = self.config.prob_threshold
         if max_positive < 1 - threshold and max_negative < threshold:

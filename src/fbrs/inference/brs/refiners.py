@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fbrs.inference.brs.guard import GuardConfig, guarded_solution
 from fbrs.inference.brs.objective import BRSConfig, ClickObjective, WindowedClickObjective, minimise
 from fbrs.inference.brs.windows import loss_support, plan_windows
 from fbrs.inference.clicks import Click, click_squares, points_tensor
@@ -127,13 +128,18 @@ class FeatureBRS(Refiner):
     (see `brs.windows`) instead of the whole maps. The loss, the early exits and the returned logits
     still come from a whole-map forward pass, so results agree with the whole-map gradient up to float
     summation order; False restores the whole-map backward pass (for comparisons).
+    guard: None (default, the original) or a `brs.guard.GuardConfig`: a solution that flips many pixels far
+    from every click relative to the network's own answer is damped towards that answer (`brs.guard`).
     """
 
     def __init__(
-        self, insertion: str, reg_bias_weight: float = 10.0, windowed_gradient: bool = True, **kwargs: Any
+        self, insertion: str, reg_bias_weight: float = 10.0, windowed_gradient: bool = True,
+        guard: GuardConfig | None = None, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
         self.insertion = insertion
+        self.guard = guard
+        self.last_guard_fraction: float | None = None  # t of the last guarded click (1: kept, 0: network's own)
         self.reg_bias_weight = reg_bias_weight
         self.windowed_gradient = windowed_gradient
         self.variables: np.ndarray | None = None  # [s (B*C), b (B*C)]; kept across clicks and Zoom-In crops
@@ -203,6 +209,19 @@ class FeatureBRS(Refiner):
                 unpack, positive, negative,
             )
         self.variables = self._optimise(objective, self.variables, num_clicks)
+        if self.guard is not None and objective.best_logits is not None and objective.best_x is not None:
+
+            def logits_at(x: np.ndarray) -> torch.Tensor:
+                with torch.no_grad():
+                    return logits_fn(*unpack(torch.from_numpy(x))[0])
+
+            variables, logits, self.last_guard_fraction = guarded_solution(
+                self.guard, logits_at, objective.best_x, objective.best_logits, clicks_lists,
+                self.config.prob_threshold,
+            )
+            if self.last_guard_fraction < 1.0:  # else keep the original's state: the final x of L-BFGS
+                self.variables = variables
+            return logits
         if objective.best_logits is not None:
             return objective.best_logits
         with torch.no_grad():

@@ -1,0 +1,122 @@
+"""Choose the f-BRS guard's parameters (fbrs.inference.brs.guard) on held-out TRAINING objects only.
+
+    python benchmarks/guard_options.py --per-set 8 --mode f-BRS-B --out work/guard_options.jsonl
+
+Held out = the images the training split never trained on (`is_validation_image("<set>/<stem>", 0.05)`,
+the split of every fbrs training recipe, the bundled model's included), of coco_train2017 (largest
+instance), ccp_person, oxford_pets and weizmann_horses; downscaled to a longer side of 512 as in
+training. The standard robot (20 clicks, stop at IoU 0.90, the protocol's Zoom-In and flip) runs every
+candidate GuardConfig (and the unguarded mode); prints NoC@85/90, #>=20 and the number of objects that
+lose > 0.3 IoU from their best so far at some click. Never run this on GrabCut, Berkeley or DAVIS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from fbrs.evaluation.datasets import Sample
+from fbrs.evaluation.metrics import number_of_clicks
+from fbrs.evaluation.runner import evaluate_sample
+from fbrs.inference import create_predictor
+from fbrs.inference.brs.guard import GuardConfig
+from fbrs.training.data import is_validation_image
+
+TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "train"
+SETS = ("coco_train2017", "ccp_person", "oxford_pets", "weizmann_horses")
+CANDIDATES = {
+    "off": False,
+    "r0.25-t0.2": GuardConfig(radius=0.25, max_far_change=0.2),
+    "r0.25-t0.1": GuardConfig(radius=0.25, max_far_change=0.1),
+    "r0.15-t0.2": GuardConfig(radius=0.15, max_far_change=0.2),
+    "r0.5-t0.2": GuardConfig(radius=0.5, max_far_change=0.2),
+}
+
+
+def held_out_samples(per_set: int, max_side: int = 512) -> list[Sample]:
+    """The first `per_set` held-out images (with an object of >= 400 px) of each set, as Samples."""
+    samples = []
+    for name in SETS:
+        folder = TRAIN / name
+        taken = 0
+        for image_path in sorted((folder / "images").iterdir()):
+            if taken == per_set:
+                break
+            if not is_validation_image(f"{name}/{image_path.stem}", 0.05):
+                continue
+            mask_path = folder / "masks" / f"{image_path.stem}.png"
+            if not mask_path.is_file():
+                continue
+            labels = np.asarray(Image.open(mask_path))
+            if name.startswith("coco"):  # instance ids: the largest instance
+                ids, counts = np.unique(labels[(labels > 0) & (labels < 255)], return_counts=True)
+                mask = labels == ids[np.argmax(counts)] if len(ids) else np.zeros(labels.shape, bool)
+            else:
+                mask = labels > 0
+            ignore = labels == 255 if name.startswith("coco") else np.zeros_like(mask)
+            ignore_path = folder / "ignore" / f"{image_path.stem}.png"
+            if ignore_path.is_file():
+                ignore = ignore | (np.asarray(Image.open(ignore_path)) > 0)
+            image = Image.open(image_path).convert("RGB")
+            scale = max_side / max(image.size)
+            if scale < 1:
+                size = (round(image.width * scale), round(image.height * scale))
+                image = image.resize(size, Image.BILINEAR)
+                mask = np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
+                ignore = np.asarray(Image.fromarray(ignore).resize(size, Image.NEAREST))
+            if mask.sum() < 400:
+                continue
+            samples.append(Sample(np.asarray(image), mask, ignore, f"{name}/{image_path.stem}"))
+            taken += 1
+    return samples
+
+
+def drops(curve: list[float], amount: float = 0.3) -> bool:
+    """Whether the IoU falls by more than `amount` below its best so far at some click."""
+    return any(max(curve[: i + 1]) - value > amount for i, value in enumerate(curve))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--per-set", type=int, default=8)
+    parser.add_argument("--mode", default="f-BRS-B", help="an f-BRS mode (DeepLab or SAM family)")
+    parser.add_argument("--candidates", default=",".join(CANDIDATES))
+    parser.add_argument("--out", type=Path, default=Path("work/guard_options.jsonl"))
+    parser.add_argument("--backend", default="torch", help="DeepLab modes: torch or onnx (same numbers up to rounding)")
+    args = parser.parse_args()
+    names = args.candidates.split(",")
+    done: dict[tuple[str, str], list[float]] = {}
+    if args.out.is_file():  # resume
+        for line in args.out.read_text().splitlines():
+            record = json.loads(line)
+            if record["mode"] == args.mode:
+                done[(record["sample"], record["candidate"])] = record["ious"]
+    samples = held_out_samples(args.per_set)
+    print(f"{len(samples)} held-out training objects")
+    with open(args.out, "a") as log:
+        for sample in samples:
+            for name in names:
+                if (sample.name, name) in done:
+                    continue
+                options = {} if args.mode.startswith("SAM") else {"zoom_in_target_size": 400, "backend": args.backend}
+                predictor = create_predictor(args.mode, guard=CANDIDATES[name], **options)
+                result = evaluate_sample(predictor, sample)
+                done[(sample.name, name)] = result.ious
+                log.write(json.dumps({"mode": args.mode, "sample": sample.name, "candidate": name,
+                                      "ious": result.ious, "spc": float(np.mean(result.click_seconds))}) + "\n")
+                log.flush()
+    for name in names:
+        curves = [done[(sample.name, name)] for sample in samples if (sample.name, name) in done]
+        noc85 = np.mean([number_of_clicks(c, 0.85) for c in curves])
+        noc90 = np.mean([number_of_clicks(c, 0.90) for c in curves])
+        failed = sum(max(c) < 0.90 for c in curves)
+        print(f"{args.mode} {name}: objects {len(curves)} NoC@85 {noc85:.2f} NoC@90 {noc90:.2f} "
+              f"#>=20 {failed} drops>0.3 {sum(drops(c) for c in curves)}")
+
+
+if __name__ == "__main__":
+    main()
