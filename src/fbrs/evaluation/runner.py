@@ -438,11 +438,14 @@ def run_evaluation(
     progress: bool = True,
     predictor_factory: PredictorFactory | None = None,
     model: Any = None,
+    interleave_modes: bool = False,
 ) -> dict[str, Any]:
     """Evaluate every (dataset, mode, sample) not yet in `run_dir`, then write the summary files.
 
     predictor_factory(mode, model, **options) -> predictor; default: fbrs.inference.create_predictor.
     model: an already loaded model to use instead of settings.model (its description is then "given").
+    interleave_modes: evaluate sample by sample, every mode on a sample before the next sample (instead of
+    mode by mode), so that a change of machine load during the run hits all modes alike (paper Table 4).
     Returns the summary (as written to summary.json).
     """
     from fbrs.evaluation.reports import write_run_reports
@@ -471,7 +474,7 @@ def run_evaluation(
         # Here, once, before the workers would race to export the same files.
         export_for_modes(model, onnx_modes, notify=print if progress else None)
 
-    tasks = _pending_tasks(run_dir, settings, datasets)
+    tasks = _pending_tasks(run_dir, settings, datasets, interleave_modes)
     context = _WorkerContext(settings, datasets, model, factory, run_dir)
     writer = _ResultsWriter()
     try:
@@ -534,7 +537,9 @@ def _write_or_check_config(
     write_text_atomic(config_path, json.dumps(content, indent=1) + "\n")
 
 
-def _pending_tasks(run_dir: Path, settings: EvaluationSettings, datasets: dict[str, Dataset]) -> list[_Task]:
+def _pending_tasks(
+    run_dir: Path, settings: EvaluationSettings, datasets: dict[str, Dataset], interleave_modes: bool = False
+) -> list[_Task]:
     tasks = []
     for dataset in datasets.values():
         count = len(dataset) if settings.limit is None else min(settings.limit, len(dataset))
@@ -542,6 +547,9 @@ def _pending_tasks(run_dir: Path, settings: EvaluationSettings, datasets: dict[s
         for mode in settings.modes:
             done = {record["sample"] for record in read_results(results_path(run_dir, dataset.name, mode), repair=True)}
             tasks += [_Task(dataset.name, mode, index) for index in range(count) if names[index] not in done]
+    if interleave_modes:
+        dataset_order, mode_order = list(datasets), list(settings.modes)
+        tasks.sort(key=lambda t: (dataset_order.index(t.dataset), t.index, mode_order.index(t.mode)))
     return tasks
 
 
