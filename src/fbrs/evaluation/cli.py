@@ -1,4 +1,4 @@
-"""Sub-commands of the evaluation area: `fbrs evaluate`, `fbrs report`, `fbrs bench`."""
+"""Sub-commands of the evaluation area: `fbrs evaluate`, `fbrs report`, `fbrs bench`, `fbrs study`."""
 
 from __future__ import annotations
 
@@ -105,6 +105,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     bench.add_argument("--out", type=Path, default=Path("benchmarks/RESULTS.md"), help="Markdown; JSON beside it")
     bench.set_defaults(handler=_bench)
+
+    from fbrs.evaluation.study import add_study_parser
+
+    add_study_parser(subparsers)  # fbrs study NAME: the paper's experiments (issue 19)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
