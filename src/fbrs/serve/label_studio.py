@@ -34,6 +34,7 @@ from fbrs.serve.segmenter import WarmSegmenter
 from fbrs.serve.task_images import ImageFetchError, TaskImageReader
 
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
+UNDEFINED_KEY = "$undefined$"
 MAX_LABEL_CONFIG_CHARS = 1_000_000
 
 
@@ -191,6 +192,8 @@ class LabelStudioBackend:
         data = task.get("data")
         if not isinstance(data, dict):
             raise LabelStudioRequestError("a task has no data object")
+        if UNDEFINED_KEY in data and len(data) == 1:  # a file imported alone: Label Studio's "$undefined$" key
+            data = {target.image_key: data[UNDEFINED_KEY] for target in targets}
         targets = {target.to_name: target for target in targets if isinstance(data.get(target.image_key), str)}
         if not targets:
             raise LabelStudioRequestError("the task's data has no image URL for the BrushLabels' Image")
@@ -274,8 +277,9 @@ def create_label_studio_app(backend: LabelStudioBackend, allowed_hosts: Iterable
     @app.get("/")
     @app.get("/health")
     async def health():
-        return {"status": "UP", "model_class": "fbrs", "model_version": backend.version,
-                "mode": backend.segmenter.mode, "v2": True}
+        segmenter = backend.segmenter
+        return {"status": "UP", "model_class": "fbrs", "model_version": backend.version, "mode": segmenter.mode,
+                "v2": True, "images_warm": len(segmenter.cached_images), **segmenter.stats}
 
     @app.post("/setup")
     async def setup(request: Request):

@@ -84,6 +84,8 @@ class WarmSegmenter:
             self.predictor_options["windowed_gradient"] = True
         self._images: OrderedDict[str, _ImageEntry] = OrderedDict()
         self._lock = threading.Lock()
+        # Totals since start, for /health: clicks_computed == requests on warm images clicked one at a time.
+        self.stats = {"requests": 0, "clicks_computed": 0, "images_loaded": 0}
 
     def new_predictor(self) -> Any:
         """A predictor configured as the segmenter's own (no image set): tests compare against it."""
@@ -141,6 +143,10 @@ class WarmSegmenter:
             entry.states[key_clicks] = state
             while len(entry.states) > self.states_per_image:
                 entry.states.popitem(last=False)
+            computed = len(clicks) - len(prefix)
+            with self._lock:
+                self.stats["requests"] += 1
+                self.stats["clicks_computed"] += computed
         if box is not None:
             probabilities = probabilities.copy()
             inside = np.zeros(probabilities.shape, bool)
@@ -148,7 +154,7 @@ class WarmSegmenter:
             probabilities[~inside] = 0
         mask = probabilities > (self.prob_threshold if threshold is None else threshold)
         score = float(probabilities[mask].mean()) if mask.any() else 0.0
-        return Segmentation(probabilities, mask, score, len(clicks) - len(prefix))
+        return Segmentation(probabilities, mask, score, computed)
 
     def _entry(self, key: str, load_image: Callable[[], np.ndarray]) -> _ImageEntry:
         with self._lock:
@@ -167,6 +173,7 @@ class WarmSegmenter:
                 self._images.move_to_end(key)
                 return existing
             self._images[key] = entry
+            self.stats["images_loaded"] += 1
             while len(self._images) > self.cache_size:
                 self._images.popitem(last=False)
         return entry
