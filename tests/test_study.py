@@ -111,6 +111,10 @@ def test_table1_end_to_end_resume_and_notes(tmp_path):
         assert lines[:2] == first[key].splitlines() and len(lines) == 3
     assert "synth all 3" in doc.read_text()
 
+    # A smaller subset is summarised over its first N only, though the folders hold more.
+    assert main(study_args("table1-zoom-in", dataset, tmp_path, "--subset", "1", "--report-only")) == 0
+    assert "synth first 1 of 3" in doc.read_text() and "Unfinished" not in doc.read_text()
+
 
 def test_report_only_marks_unfinished_runs_and_sections_keep_their_order(tmp_path):
     dataset = make_dataset(tmp_path / "synth", 2)

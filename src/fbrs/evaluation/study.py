@@ -268,22 +268,32 @@ def run_study(name: str, options: StudyOptions) -> Path:
 
 
 def _run_summary(run_dir: Path, run: StudyRun, options: StudyOptions) -> dict[str, Any] | None:
+    """The run's summary over the study's instances only: a folder that holds more samples (an earlier
+    run with a larger --subset) is summarised over the first N, so every mode counts the same instances."""
     from fbrs.evaluation.datasets import load_dataset
-    from fbrs.evaluation.reports import summarize_run
+    from fbrs.evaluation.reports import summarize_records
+    from fbrs.evaluation.runner import load_run_records, read_run_config
 
     if not (run_dir / "config.json").is_file() or not (run_dir / "results").is_dir():
         return None
+    config = read_run_config(run_dir)
+    identity = config["identity"]
     limit = options.limit_for(run.dataset)
     try:
-        total = len(load_dataset(run.dataset, root=options.data_root))
+        total: int | None = len(load_dataset(run.dataset, root=options.data_root))
     except Exception:  # noqa: BLE001 - the dataset moved: report what the folder holds
         total = None
-    summary = summarize_run(run_dir)
-    for entry in summary["results"]:
-        entry["expected_samples"] = None if total is None else (total if limit is None else min(limit, total))
-        entry["dataset_size"] = total
-    summary["config"] = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    return summary if summary["results"] else None
+    expected = None if total is None else (total if limit is None else min(limit, total))
+    results = []
+    for per_mode in load_run_records(run_dir).values():
+        for mode in run.modes:
+            records = [r for r in per_mode.get(mode, []) if limit is None or r["index"] < limit]
+            if records:
+                entry = summarize_records(records, identity["max_clicks"], identity["target_iou"], expected)
+                results.append({"mode": mode, **entry, "dataset_size": total})
+    if not results:
+        return None
+    return {"model": identity["model"], "results": results, "config": config}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -512,7 +522,8 @@ def _difference(a: float | None, b: float | None) -> str:
 
 def _plan_table1(study: Study, options: StudyOptions) -> list[StudyRun]:
     modes = study.modes_for(options)
-    variants = [("no-zoom-in", False)] if study.name.endswith("-sam") else [("no-zoom-in", False), ("zoom-in", True)]
+    # The SAM family ignores zoom_in (it has no Zoom-In): one run, with the default settings of fbrs evaluate.
+    variants = [("sam", True)] if study.name.endswith("-sam") else [("no-zoom-in", False), ("zoom-in", True)]
     return [
         StudyRun(variant, dataset, modes, zoom_in=zoom_in)
         for dataset in study.datasets_for(options)
@@ -523,8 +534,8 @@ def _plan_table1(study: Study, options: StudyOptions) -> list[StudyRun]:
 def _render_table1(results: StudyResults) -> list[str]:
     datasets = results.datasets()
     sam = results.study.name.endswith("-sam")
-    variants = [("no-zoom-in", "w/o ZI")] if sam else [("no-zoom-in", "w/o ZI"), ("zoom-in", "ZI")]
-    header = ["Method"] + [f"{dataset_label(d)} NoC@90 {label}" for d in datasets for _, label in variants]
+    variants = [("sam", "")] if sam else [("no-zoom-in", "w/o ZI"), ("zoom-in", "ZI")]
+    header = ["Method"] + [f"{dataset_label(d)} NoC@90 {label}".rstrip() for d in datasets for _, label in variants]
     if sam:
         header += [f"{dataset_label(d)} NoC@85" for d in datasets]
     rows, sentences = [], []
@@ -532,7 +543,7 @@ def _render_table1(results: StudyResults) -> list[str]:
         row = [f"ours {mode}"]
         row += [_number(_noc90(results.entry(v, d, mode))) for d in datasets for v, _ in variants]
         if sam:
-            row += [_number((results.entry("no-zoom-in", d, mode) or {}).get("noc", {}).get("85")) for d in datasets]
+            row += [_number((results.entry("sam", d, mode) or {}).get("noc", {}).get("85")) for d in datasets]
         rows.append(row)
         paper_row = [_paper_label(mode)]
         for d in datasets:
