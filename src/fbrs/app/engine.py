@@ -126,6 +126,8 @@ class PredictionEngine:
                 # Photos of many megapixels: the whole-image pass (first click) runs on a 1024 px copy, which
                 # bounds time and memory; Zoom-In crops later clicks at full resolution anyway.
                 "max_image_side": APP_MAX_IMAGE_SIDE,
+                # Latency over bit-exactness to the original's trajectories (see Predictor's docstring).
+                "windowed_gradient": True,
             }
         return create_predictor(
             settings.mode,

@@ -59,6 +59,13 @@ class Predictor:
             layers BRS differentiates stay in torch. An `fbrs.inference.onnx_backend.OnnxBackend` may be
             given instead (to share its sessions between predictors). Not for RGB-BRS / DistMap-BRS.
         onnx_files: with backend="onnx", the .onnx file(s) exported from this very model.
+        windowed_gradient: f-BRS only. False (default): every L-BFGS gradient is the whole-map backward
+            pass, the original code's computation, so a trajectory is the original's up to the CPU's own
+            rounding (bit-identical on the same machine, measured in benchmarks/windowed_gradient_ab.py).
+            True: the gradient runs on small windows around the clicks (fbrs.inference.brs.windows),
+            equal in exact arithmetic and ~1.3x faster per click, but summed in another order, which L-BFGS
+            can amplify into another trajectory after a few clicks. The app uses True (latency); the
+            evaluation protocol and the paper's goldens use False.
         guard: f-BRS only. None: the mode's default (off for the paper's modes, on for "-guarded");
             True / False, or a `fbrs.inference.brs.guard.GuardConfig`: damp an L-BFGS solution that flips
             many pixels far from every click relative to the network's own answer (`brs.guard`).
@@ -80,6 +87,7 @@ class Predictor:
         max_image_side: int | None = None,
         backend: str | OnnxBackend = "torch",
         onnx_files: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+        windowed_gradient: bool = False,
         guard: GuardConfig | bool | None = None,
     ) -> None:
         if mode not in MODES:
@@ -115,7 +123,9 @@ class Predictor:
         elif spec.refiner == "input":
             self.refiner = InputBRS(spec.target, **common)
         else:
-            self.refiner = FeatureBRS(spec.target, guard=resolve_guard(guard, spec.guard), **common)
+            self.refiner = FeatureBRS(
+                spec.target, windowed_gradient=windowed_gradient, guard=resolve_guard(guard, spec.guard), **common
+            )
         self._image: np.ndarray | None = None
         self._image_tensor: torch.Tensor | None = None
         self._clicks: list[Click] = []

@@ -127,13 +127,13 @@ class FeatureBRS(Refiner):
     windowed_gradient: take the gradient of each L-BFGS evaluation on small windows around the clicks
     (see `brs.windows`) instead of the whole maps. The loss, the early exits and the returned logits
     still come from a whole-map forward pass, so results agree with the whole-map gradient up to float
-    summation order; False restores the whole-map backward pass (for comparisons).
+    summation order, which L-BFGS may amplify. False (default) is the original's whole-map backward pass.
     guard: None (default, the original) or a `brs.guard.GuardConfig`: a solution that flips many pixels far
     from every click relative to the network's own answer is damped towards that answer (`brs.guard`).
     """
 
     def __init__(
-        self, insertion: str, reg_bias_weight: float = 10.0, windowed_gradient: bool = True,
+        self, insertion: str, reg_bias_weight: float = 10.0, windowed_gradient: bool = False,
         guard: GuardConfig | None = None, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
