@@ -150,7 +150,8 @@ def test_figure5_and_oracle_write_plots(tmp_path):
     doc = tmp_path / "docs" / "paper_studies.md"
     extra = ("--modes", "f-BRS-B", "--subset", "1")
     assert main(study_args("figure5-clicks-limit", dataset, tmp_path, *extra, "--clicks-limits", "1-2")) == 0
-    assert main(study_args("appendix-b-oracle", dataset, tmp_path, *extra)) == 0
+    oracle_args = study_args("appendix-b-oracle", dataset, tmp_path, "--modes", "NoBRS,f-BRS-B", "--subset", "1")
+    assert main(oracle_args) == 0  # NoBRS beside f-BRS-B in an oracle run: only f-BRS-B gets the oracle
     text = doc.read_text()
     assert "| synth | f-BRS-B |" in text and "best limit (paper)" in text
     assert "](paper_studies/figure5-clicks-limit.png)" in text and "](paper_studies/appendix-b-oracle.png)" in text
@@ -160,6 +161,7 @@ def test_figure5_and_oracle_write_plots(tmp_path):
     oracle_run = tmp_path / "studies" / "appendix-b-oracle" / "oracle_synth"
     record = json.loads(results_path(oracle_run, "synth", "f-BRS-B").read_text().splitlines()[0])
     assert len(record["ious"]) == 3 and 0.0 <= record["oracle_iou"] <= 1.0  # no early stop: every click made
+    assert "oracle_iou" not in json.loads(results_path(oracle_run, "synth", "NoBRS").read_text().splitlines()[0])
 
 
 def _training_folder(root: Path, count: int) -> Path:

@@ -390,7 +390,8 @@ class _WorkerContext:
             target_iou=settings.target_iou,
             pred_threshold=settings.pred_threshold,
             stop_at_target=settings.stop_at_target,
-            oracle=settings.oracle and hasattr(predictor, "oracle_refine"),
+            # The oracle continues f-BRS; the other modes of an --oracle run (NoBRS beside it) get none.
+            oracle=settings.oracle and task.mode.startswith("f-BRS") and hasattr(predictor, "oracle_refine"),
             index=task.index,
         )
         if settings.save_masks and result.final_mask is not None:
