@@ -41,12 +41,14 @@ def build_app(
     backend: str = "torch",
     allowed_hosts: Iterable[str] | None = None,
     allowed_origins: Iterable[str] = (),
+    labels: Any = None,
 ):
     """The FastAPI app for a folder (None: the bundled sample images, saved to ./fbrs_annotations).
 
     `model` (an InteractiveModel) overrides `model_path`; tests pass `build_model("tiny_test")`.
     backend: "torch", "onnx" or "auto" (ONNX Runtime where installed; see `prepare_backend`).
     allowed_hosts / allowed_origins: see `fbrs.app.server.create_app` (default: this machine's names).
+    labels: a `fbrs.app.labels.LabelSet` (default: the one label "object").
     """
     from fbrs.app.engine import PredictionEngine
     from fbrs.app.project import AnnotationProject, AppLimits
@@ -56,7 +58,7 @@ def build_app(
         images_dir = SAMPLES_DIR
     if out_dir is None and Path(images_dir).resolve() == SAMPLES_DIR:
         out_dir = SAMPLES_OUT_DIR  # the package folder may be read-only, and is no place for user data
-    project = AnnotationProject(images_dir, out_dir, limits=limits or AppLimits())  # checks the folder first
+    project = AnnotationProject(images_dir, out_dir, limits=limits or AppLimits(), labels=labels)  # checks the folder
     model_name = "given model" if model is not None else None
     if model is None:
         model, model_name = load_app_model(model_path)
@@ -132,6 +134,7 @@ def run_app(
     backend: str = "auto",
     allowed_hosts: Iterable[str] = (),
     allowed_origins: Iterable[str] = (),
+    labels: Any = None,
 ) -> int:
     """Serve the annotation app until interrupted (what `fbrs app` and `fbrs demo` run). Returns 0.
 
@@ -144,7 +147,7 @@ def run_app(
     listener = listening_socket(host, port)  # first: a port in use is said before the model loads
     try:
         app = build_app(images_dir, model_path, out_dir, limits, backend=backend, allowed_hosts=hosts,
-                        allowed_origins=allowed_origins)
+                        allowed_origins=allowed_origins, labels=labels)
     except BaseException:
         listener.close()
         raise
@@ -154,6 +157,8 @@ def run_app(
           f"saving to {project.out_dir.resolve()}")
     for name, reason in project.skipped_images().items():
         print(f"fbrs app: warning: skipping {name}: {reason}", file=sys.stderr)
+    if app.state.labels.explicit:
+        print(f"fbrs app: labels: {', '.join(app.state.labels.names)}")
     print(f"fbrs app: open {url}  (API docs: {url}docs; Ctrl+C to stop)")
     if host not in ("127.0.0.1", "localhost", "::1"):
         print("fbrs app: warning: the API has no authentication; anyone who reaches "
@@ -189,11 +194,25 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def labels_from_args(labels: str | None, labels_file: str | None) -> Any:
+    """The LabelSet of `--labels` / `--labels-file` (checked now, before the model loads); None: neither."""
+    from fbrs.app.labels import load_labels_file, parse_labels_option
+
+    if labels is not None and labels_file is not None:
+        raise ConfigError("give --labels or --labels-file, not both")
+    if labels is not None:
+        return parse_labels_option(labels)
+    if labels_file is not None:
+        return load_labels_file(labels_file)
+    return None
+
+
 def _handle_app(args: argparse.Namespace) -> int:
     from fbrs.app.project import AppLimits
 
     if args.images_dir is not None and not Path(args.images_dir).is_dir():
         raise ConfigError(f"images folder not found: {args.images_dir}")
+    labels = labels_from_args(args.labels, args.labels_file)
     limits = AppLimits(
         max_upload_bytes=args.max_upload_mb * 1024 * 1024,
         max_image_pixels=args.max_image_pixels,
@@ -202,7 +221,7 @@ def _handle_app(args: argparse.Namespace) -> int:
     )
     return run_app(
         args.images_dir, args.model, args.out, args.host, args.port, args.open_browser, limits, args.backend,
-        allowed_hosts=args.allowed_host, allowed_origins=args.allowed_origin,
+        allowed_hosts=args.allowed_host, allowed_origins=args.allowed_origin, labels=labels,
     )
 
 
@@ -228,6 +247,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--allowed-origin", action="append", default=[], metavar="URL",
                         help="a web origin (https://labels.example.org) whose pages may change annotations "
                         "(repeatable; the app's own page always may)")
+    parser.add_argument("--labels", default=None, metavar="NAMES",
+                        help="the objects' categories, comma-separated, each optionally with a colour: "
+                        "'cat,dog:#ff8800' (default: one label, 'object'); the COCO categories, in this order")
+    parser.add_argument("--labels-file", default=None, metavar="PATH",
+                        help="the labels from a file: one per line ('name' or 'name #rrggbb'), or JSON "
+                        "(a list of names or of {\"name\", \"color\"})")
     parser.add_argument("--open-browser", action="store_true", help="open the UI in the default browser")
     parser.add_argument("--max-sessions", type=_positive_int, default=32,
                         help="live sessions kept warm; the least recently used is saved and evicted, and rebuilt "

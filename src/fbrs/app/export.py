@@ -6,8 +6,11 @@ Per annotation folder (``OUT``):
   0 = background, k = object id k; uint8, or uint16 once an id exceeds 255. Later objects are
   drawn on top of earlier ones where they overlap (the visible part is what a label map can hold).
 * ``OUT/clicks/<image stem>.json``: the click log: every object's clicks in (x, y) pixel order, the
-  settings they were made with, the object's own full mask as COCO RLE (so deleting an object that
-  covered another one restores the other exactly), and the unfinished object's clicks.
+  settings they were made with, its label (category), the object's own full mask as COCO RLE (so
+  deleting an object that covered another one restores the other exactly), and the unfinished
+  object's clicks and label.
+* COCO ``categories``: the project's labels, ids 1..N (default: the one label "object");
+  each annotation's ``category_id`` is its object's label.
 * ``OUT/coco_instances.json``: COCO instances for the whole folder, ``segmentation`` = compressed RLE
   (exact, pycocotools-compatible); ``OUT/coco_instances_polygons.json``: the same objects as COCO
   polygons (holes are lost; for tools such as CVAT that import polygons). Both hold the visible parts,
@@ -158,6 +161,7 @@ class SavedObject:
     mask: np.ndarray  # (H, W) bool, the object's own full mask (not cut by later objects)
     clicks: list[dict[str, Any]]
     settings: dict[str, Any] = field(default_factory=dict)
+    label: str = "object"  # the object's category (fbrs.app.labels)
 
 
 @dataclass
@@ -171,6 +175,7 @@ class ImageAnnotation:
     current_clicks: list[dict[str, Any]] = field(default_factory=list)
     current_settings: dict[str, Any] = field(default_factory=dict)
     done: bool = False
+    current_label: str | None = None  # the unfinished object's label (None: the project's first)
 
     def label_map(self) -> np.ndarray:
         return instance_id_map(
@@ -196,13 +201,15 @@ def click_log_to_json(annotation: ImageAnnotation) -> dict[str, Any]:
         "objects": [
             {
                 "id": item.object_id,
+                "label": item.label,
                 "clicks": item.clicks,
                 "settings": item.settings,
                 "mask_rle": encode_rle(item.mask),
             }
             for item in annotation.objects
         ],
-        "current_object": {"clicks": annotation.current_clicks, "settings": annotation.current_settings},
+        "current_object": {"clicks": annotation.current_clicks, "settings": annotation.current_settings,
+                           **({} if annotation.current_label is None else {"label": annotation.current_label})},
     }
 
 
@@ -221,14 +228,23 @@ def click_log_from_json(record: dict[str, Any], source: str = "click log") -> Im
             if mask.shape != (annotation.height, annotation.width):
                 raise ValueError(f"object {item['id']} mask is {mask.shape}")
             annotation.objects.append(
-                SavedObject(int(item["id"]), mask, list(item["clicks"]), dict(item.get("settings", {})))
+                SavedObject(int(item["id"]), mask, list(item["clicks"]), dict(item.get("settings", {})),
+                            _label(item.get("label", COCO_CATEGORY["name"])))
             )
         current = record.get("current_object", {})
         annotation.current_clicks = list(current.get("clicks", []))
         annotation.current_settings = dict(current.get("settings", {}))
+        if current.get("label") is not None:
+            annotation.current_label = _label(current["label"])
     except (KeyError, TypeError, ValueError) as error:
         raise AnnotationFileError(f"{source} is not a valid fbrs click log: {error}") from None
     return annotation
+
+
+def _label(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"an object's label must be a non-empty string, got {value!r}")
+    return value
 
 
 def save_image_annotation(out_dir: str | os.PathLike, annotation: ImageAnnotation) -> tuple[Path, Path]:
@@ -278,16 +294,33 @@ def image_segments(labels: np.ndarray) -> list[dict[str, Any]]:
     ]
 
 
+def annotation_segments(annotation: ImageAnnotation) -> list[dict[str, Any]]:
+    """`image_segments` of an image's label map, each with its object's "label"."""
+    if not annotation.objects:
+        return []
+    labels = {item.object_id: item.label for item in annotation.objects}
+    segments = image_segments(annotation.label_map())
+    for segment in segments:
+        segment["label"] = labels[segment["object_id"]]
+    return segments
+
+
 def build_coco(
-    images: Sequence[tuple[str, int, int, list[dict[str, Any]]]], polygons: bool
+    images: Sequence[tuple[str, int, int, list[dict[str, Any]]]], polygons: bool,
+    categories: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """COCO instances dict of ``(file name, width, height, image_segments(...))`` tuples; ids are
-    1-based in the given order (unannotated images are listed too, so image ids stay stable)."""
+    1-based in the given order (unannotated images are listed too, so image ids stay stable).
+
+    `categories`: [{"id", "name", ...}] (default: the one category "object"); a segment's "label"
+    (default "object") picks its annotation's category_id by name."""
+    categories = [dict(item) for item in categories] if categories else [dict(COCO_CATEGORY)]
+    category_ids = {item["name"]: item["id"] for item in categories}
     coco: dict[str, Any] = {
         "info": {"description": "fbrs annotations", "version": "1.0"},
         "images": [],
         "annotations": [],
-        "categories": [dict(COCO_CATEGORY)],
+        "categories": categories,
     }
     for image_id, (file_name, width, height, segments) in enumerate(images, start=1):
         coco["images"].append({"id": image_id, "file_name": file_name, "width": width, "height": height})
@@ -296,7 +329,7 @@ def build_coco(
                 {
                     "id": len(coco["annotations"]) + 1,
                     "image_id": image_id,
-                    "category_id": COCO_CATEGORY["id"],
+                    "category_id": category_ids[segment.get("label", COCO_CATEGORY["name"])],
                     "segmentation": segment["polygons"] if polygons else segment["rle"],
                     "area": segment["area"],
                     "bbox": segment["bbox"],
@@ -308,11 +341,12 @@ def build_coco(
 
 
 def write_coco_files(
-    out_dir: str | os.PathLike, images: Sequence[tuple[str, int, int, list[dict[str, Any]]]]
+    out_dir: str | os.PathLike, images: Sequence[tuple[str, int, int, list[dict[str, Any]]]],
+    categories: Sequence[dict[str, Any]] | None = None,
 ) -> tuple[Path, Path]:
     """Write both COCO files atomically; returns (RLE file, polygon file)."""
     out_dir = Path(out_dir)
     rle_path, polygon_path = out_dir / COCO_RLE_FILE, out_dir / COCO_POLYGON_FILE
-    write_text_atomic(rle_path, json.dumps(build_coco(images, polygons=False)))
-    write_text_atomic(polygon_path, json.dumps(build_coco(images, polygons=True)))
+    write_text_atomic(rle_path, json.dumps(build_coco(images, polygons=False, categories=categories)))
+    write_text_atomic(polygon_path, json.dumps(build_coco(images, polygons=True, categories=categories)))
     return rle_path, polygon_path

@@ -15,11 +15,12 @@ from fbrs.app.errors import AnnotationFileError, UnknownImageError
 from fbrs.app.export import (
     ImageAnnotation,
     annotation_paths,
-    image_segments,
+    annotation_segments,
     load_image_annotation,
     save_image_annotation,
     write_coco_files,
 )
+from fbrs.app.labels import LabelSet
 from fbrs.errors import DatasetError, FbrsError
 from fbrs.images import image_size, load_image
 
@@ -60,8 +61,9 @@ class AnnotationProject:
     """
 
     def __init__(self, images_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
-                 limits: AppLimits | None = None) -> None:
+                 limits: AppLimits | None = None, labels: LabelSet | None = None) -> None:
         self.images_dir = Path(images_dir)
+        self.labels = labels if labels is not None else LabelSet()
         if not self.images_dir.is_dir():
             raise DatasetError(f"images folder not found: {self.images_dir}")
         self.out_dir = Path(out_dir) if out_dir is not None else self.images_dir / "annotations"
@@ -131,7 +133,7 @@ class AnnotationProject:
                     width, height = image_size_of(self.image_path(image_name))
                     status = _ImageStatus(width, height, 0, False, [])
                 else:
-                    segments = image_segments(saved.label_map()) if saved.objects else []
+                    segments = annotation_segments(saved)
                     status = _ImageStatus(saved.width, saved.height, len(saved.objects), saved.done, segments)
                 self._status[image_name] = status
             return status
@@ -158,7 +160,7 @@ class AnnotationProject:
         self.image_path(annotation.image_name)
         with self._lock:
             png_path, log_path = save_image_annotation(self.out_dir, annotation)
-            segments = image_segments(annotation.label_map()) if annotation.objects else []
+            segments = annotation_segments(annotation)
             self._status[annotation.image_name] = _ImageStatus(
                 annotation.width, annotation.height, len(annotation.objects), annotation.done, segments
             )
@@ -178,7 +180,9 @@ class AnnotationProject:
                     self._skip(name, str(error))  # unreadable since the start: left out, as in the list
                     continue
                 images.append((name, status.width, status.height, status.segments))
-            return write_coco_files(self.out_dir, images)
+            # A saved object whose label the list no longer has keeps it, as a category after the list's.
+            extra = [segment["label"] for _, _, _, segments in images for segment in segments]
+            return write_coco_files(self.out_dir, images, categories=self.labels.categories(extra))
 
     def instance_png_path(self, image_name: str) -> Path:
         return annotation_paths(self.out_dir, image_name)[0]

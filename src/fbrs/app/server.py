@@ -36,6 +36,7 @@ from fbrs.app.errors import (
 )
 from fbrs.app.export import encode_rle, mask_bbox, mask_to_polygons
 from fbrs.app.guards import LOOPBACK_HOSTS, BodySizeLimit, HostGuard
+from fbrs.app.labels import LabelSet
 from fbrs.app.project import AnnotationProject, AppLimits
 from fbrs.app.sessions import AnnotationSession, AppClick
 from fbrs.app.store import SessionStore, SpillFolder, Tombstone
@@ -43,6 +44,7 @@ from fbrs.app.validation import (
     MAX_CLICKS_PER_OBJECT,
     MAX_OBJECT_ID,
     ClickRequest,
+    LabelRequest,
     SettingsRequest,
     check_clicks_inside,
     parse_clicks,
@@ -139,13 +141,17 @@ def create_app(
     limits: AppLimits | None = None,
     allowed_hosts: Iterable[str] = LOOPBACK_HOSTS,
     allowed_origins: Iterable[str] = (),
+    labels: LabelSet | None = None,
 ) -> FastAPI:
     """The annotation app. `project` = an annotation folder for the web UI (None: API only).
 
     allowed_hosts: the names clients may reach the server under (the Host header; "*" = any);
-    allowed_origins: other web origins whose pages may change state (see `fbrs.app.guards.HostGuard`).
+    allowed_origins: other web origins whose pages may change state (see `fbrs.app.guards.HostGuard`);
+    labels: the objects' categories (default: the project's, else the one label "object").
     """
     limits = limits or (project.limits if project is not None else AppLimits())
+    if labels is None:
+        labels = project.labels if project is not None else LabelSet()
     spill = SpillFolder()
 
     def save_to_folder(session: AnnotationSession) -> None:
@@ -166,14 +172,15 @@ def create_app(
             return open_folder_session(tombstone.image_name, tombstone.session_id)
         data, saved = spill.read(tombstone.session_id)
         session = AnnotationSession(decode_image_upload(data, limits), engine, saved=saved,
-                                    session_id=tombstone.session_id, source=data)
+                                    session_id=tombstone.session_id, source=data, labels=labels)
         spill.discard(tombstone.session_id)
         return session
 
     def open_folder_session(image_name: str, session_id: str | None = None) -> AnnotationSession:
         annotations = folder()
         return AnnotationSession(annotations.load_image(image_name), engine, image_name=image_name,
-                                 saved=annotations.saved_annotation(image_name), session_id=session_id)
+                                 saved=annotations.saved_annotation(image_name), session_id=session_id,
+                                 labels=labels)
 
     store = SessionStore(
         limits.max_sessions, limits.max_session_bytes, persist=persist, restore=restore,
@@ -201,6 +208,7 @@ def create_app(
     app.state.engine = engine
     app.state.project = project
     app.state.limits = limits
+    app.state.labels = labels
 
     for error_type, status in ERROR_STATUS:
         app.add_exception_handler(
@@ -268,6 +276,7 @@ def create_app(
         return {
             "modes": engine.modes(),
             "default_settings": engine.default_settings().to_dict(),
+            "labels": labels.to_list(),
             "model": engine.model_name,
             "backend": engine.backend,
             "limits": {
@@ -314,7 +323,7 @@ def create_app(
         settings = parse_settings(mode, zoom_in, prob_threshold, flip)
         data = image.file.read(limits.max_upload_bytes + 1)
         array = decode_image_upload(data, limits)
-        return store.add(AnnotationSession(array, engine, settings=settings, source=data)).state()
+        return store.add(AnnotationSession(array, engine, settings=settings, source=data, labels=labels)).state()
 
     @app.get("/api/sessions/{session_id}", summary="Session state: clicks, objects, settings, latency")
     def get_session(session_id: str) -> dict[str, Any]:
@@ -333,7 +342,27 @@ def create_app(
     @app.post("/api/sessions/{session_id}/clicks", summary="Add a click to the current object")
     def add_click(session_id: str, click: ClickRequest) -> dict[str, Any]:
         def action(session: AnnotationSession) -> dict[str, Any]:
-            session.add_click(click.x, click.y, click.positive)
+            session.add_click(click.x, click.y, click.positive, label=click.label)
+            return session.state()
+
+        if click.label is not None:
+            labels.require(click.label)  # 400 before any work
+        return use(session_id, action)
+
+    @app.put("/api/sessions/{session_id}/label", summary="Label the current object (and the next ones)")
+    def set_label(session_id: str, request: LabelRequest) -> dict[str, Any]:
+        labels.require(request.label)
+        return use(session_id, lambda session: (session.set_label(request.label), session.state())[1])
+
+    @app.put("/api/sessions/{session_id}/objects/{object_id}/label", summary="Change a finished object's label")
+    def set_object_label(
+        session_id: str, object_id: Annotated[int, PathParameter(ge=1, le=MAX_OBJECT_ID)], request: LabelRequest
+    ) -> dict[str, Any]:
+        labels.require(request.label)
+
+        def action(session: AnnotationSession) -> dict[str, Any]:
+            session.set_object_label(object_id, request.label)
+            save_to_folder(session)
             return session.state()
 
         return use(session_id, action)

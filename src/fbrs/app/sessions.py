@@ -19,7 +19,8 @@ import numpy as np
 
 from fbrs.app.engine import PredictionEngine, PredictorSettings
 from fbrs.app.errors import AnnotationConflictError, ModeUnavailableError
-from fbrs.app.export import ImageAnnotation, SavedObject, color_hex, instance_id_map, object_color
+from fbrs.app.export import ImageAnnotation, SavedObject, color_hex, instance_id_map
+from fbrs.app.labels import LabelSet
 from fbrs.app.validation import MAX_CLICKS_PER_OBJECT, parse_bool, parse_coordinate
 from fbrs.errors import ConfigError, InvalidClickError
 from fbrs.images import as_rgb_uint8
@@ -105,6 +106,7 @@ class AnnotationSession:
         saved: ImageAnnotation | None = None,
         session_id: str | None = None,
         source: bytes | None = None,
+        labels: LabelSet | None = None,
     ) -> None:
         self.session_id = session_id or uuid.uuid4().hex
         self.source = source  # an uploaded image's file bytes: what an evicted session is rebuilt from
@@ -113,6 +115,8 @@ class AnnotationSession:
         self.image_name = image_name
         self.engine = engine
         self.settings = settings or engine.default_settings()
+        self.labels = labels if labels is not None else LabelSet()
+        self.label = self.labels.default  # the current object's label; kept through undo / redo / reset
         self.lock = threading.RLock()
         self.objects: list[SavedObject] = []
         self.done = False
@@ -254,16 +258,41 @@ class AnnotationSession:
 
     # ------------------------------------------------------------------------------------- actions
 
-    def add_click(self, x: float, y: float, positive: bool) -> np.ndarray:
-        """Add a click at column x, row y. Returns the current object's (H, W) float32 probabilities."""
+    def add_click(self, x: float, y: float, positive: bool, label: str | None = None) -> np.ndarray:
+        """Add a click at column x, row y (and label the current object `label`, one of the project's).
+        Returns the current object's (H, W) float32 probabilities."""
         with self.lock:
             click = AppClick(float(x), float(y), bool(positive))
+            if label is not None:
+                label = self.labels.require(label)
             self._validate_click(click)
             step = self._timed(lambda: self._predict_click(click))
             self._push_step(step)
             self._redo.clear()
+            if label is not None:
+                self.label = label
             self._changed()
             return step.probabilities
+
+    def set_label(self, label: str) -> None:
+        """Label the current object (and the next ones, until changed) with one of the project's labels."""
+        with self.lock:
+            self.label = self.labels.require(label)
+            self._changed()
+
+    def set_object_label(self, object_id: int, label: str) -> None:
+        """Change a finished object's label."""
+        with self.lock:
+            label = self.labels.require(label)
+            self.object_mask(object_id)  # raises for an unknown id
+            self.objects = [SavedObject(item.object_id, item.mask, item.clicks, item.settings, label)
+                            if item.object_id == object_id else item for item in self.objects]
+            self.done = False
+            self._changed()
+
+    def color_of(self, object_id: int, label: str) -> str:
+        """Display colour #rrggbb: the label's, else (the default label "object") the object id's."""
+        return self.labels.color_of(label) or color_hex(object_id)
 
     def undo(self) -> None:
         """Remove the current object's last click (exactly back to the state before it)."""
@@ -323,7 +352,8 @@ class AnnotationSession:
             object_id = self.next_object_id()
             self.done = False  # the saved files lack this object until the next save
             self.objects.append(
-                SavedObject(object_id, mask, [click.to_dict() for click in self.clicks], self.settings.to_dict())
+                SavedObject(object_id, mask, [click.to_dict() for click in self.clicks], self.settings.to_dict(),
+                            self.label)
             )
             self.reset_object()
             return object_id
@@ -368,6 +398,7 @@ class AnnotationSession:
                 current_clicks=[click.to_dict() for click in self.clicks],
                 current_settings=self.settings.to_dict(),
                 done=self.done,
+                current_label=self.label,
             )
 
     def _restore(self, saved: ImageAnnotation) -> None:
@@ -377,6 +408,8 @@ class AnnotationSession:
                 f"but the image is {self.width}x{self.height}"
             )
         self.objects = list(saved.objects)
+        if saved.current_label in self.labels:
+            self.label = saved.current_label  # else the list changed since: the project's first label
         if saved.current_settings:
             settings = PredictorSettings.from_dict(saved.current_settings, base=self.settings)
             try:
@@ -395,11 +428,13 @@ class AnnotationSession:
         """(H, W, 4) uint8: each object's colour with alpha 255 where it is visible, current on top."""
         with self.lock:
             labels = self.label_map(include_current=True)
-            ids = [item.object_id for item in self.objects] + ([self.next_object_id()] if self._steps else [])
+            colors = {item.object_id: self.color_of(item.object_id, item.label) for item in self.objects}
+            if self._steps:
+                colors[self.next_object_id()] = self.color_of(self.next_object_id(), self.label)
         # An object may have no visible pixel (empty mask, or covered by later ones): size by ids too.
-        palette = np.zeros((max([int(labels.max(initial=0)), *ids]) + 1, 4), dtype=np.uint8)
-        for object_id in ids:
-            palette[object_id] = (*object_color(object_id), 255)
+        palette = np.zeros((max([int(labels.max(initial=0)), *colors]) + 1, 4), dtype=np.uint8)
+        for object_id, color in colors.items():
+            palette[object_id] = (*_rgb(color), 255)
         return palette[labels]
 
     def state(self) -> dict[str, Any]:
@@ -418,13 +453,15 @@ class AnnotationSession:
                 "can_redo": bool(self._redo),
                 "current_object": {
                     "id": self.next_object_id(),
-                    "color": color_hex(self.next_object_id()),
+                    "color": self.color_of(self.next_object_id(), self.label),
+                    "label": self.label,
                     "area": int(current_mask.sum()),
                 },
                 "objects": [
                     {
                         "id": item.object_id,
-                        "color": color_hex(item.object_id),
+                        "color": self.color_of(item.object_id, item.label),
+                        "label": item.label,
                         "area": int(item.mask.sum()),
                         "clicks": len(item.clicks),
                     }
@@ -433,3 +470,7 @@ class AnnotationSession:
                 "done": self.done,
                 "latency_ms": None if self.last_latency_ms is None else round(self.last_latency_ms, 1),
             }
+
+
+def _rgb(color: str) -> tuple[int, int, int]:
+    return int(color[1:3], 16), int(color[3:5], 16), int(color[5:7], 16)

@@ -34,6 +34,12 @@ class ClickRequest(BaseModel):
     x: FiniteFloat = Field(description="column, full-resolution pixels, 0 <= x < width")
     y: FiniteFloat = Field(description="row, full-resolution pixels, 0 <= y < height")
     positive: bool = Field(True, description="true = object, false = background")
+    label: str | None = Field(None, max_length=64,
+                              description="label the current object with one of the project's labels (GET /api/info)")
+
+
+class LabelRequest(BaseModel):
+    label: str = Field(max_length=64, description="one of the project's labels (GET /api/info)")
 
 
 class SettingsRequest(BaseModel):
