@@ -235,3 +235,38 @@ def test_uploaded_sessions_take_labels_too(engine, tmp_path):
         assert state["current_object"]["label"] == "cat"
         state = client.put(f"/api/sessions/{state['session_id']}/label", json={"label": "dog"}).json()
         assert state["current_object"]["label"] == "dog"
+
+
+def test_the_label_picker_labels_the_object_in_chromium(engine, folder, tmp_path):
+    from tests.test_app_browser import CHROMIUM, CHROMIUM_ARGS, IDLE, click_canvas, require_chromium
+    from tests.test_app_helpers import LiveServer
+
+    require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    out_dir = tmp_path / "out"
+    app = create_app(engine, AnnotationProject(folder, out_dir, labels=parse_labels_option("cat,dog")))
+    with LiveServer(app) as server, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(server.url + "/")
+            page.wait_for_function("() => window.fbrsApp && window.fbrsApp.session !== null")
+            page.click("#image-list li[data-name='coffee.jpg']")
+            page.wait_for_function("() => window.fbrsApp.session.image_name === 'coffee.jpg'")
+            page.wait_for_function(IDLE)
+            assert page.locator("#label option").all_inner_texts() == ["cat", "dog"]
+            page.select_option("#mode", classical_mode(engine))
+            page.wait_for_function(IDLE)
+            page.select_option("#label", "dog")
+            page.wait_for_function(IDLE)
+            assert page.evaluate("window.fbrsApp.session.current_object.label") == "dog"
+            click_canvas(page, CREMA)
+            page.keyboard.press("Space")
+            page.wait_for_function("() => window.fbrsApp.session.objects.length === 1")
+            page.wait_for_function(IDLE)
+            assert page.locator("#object-list select.object-label").input_value() == "dog"
+        finally:
+            browser.close()
+    coco = json.loads((out_dir / "coco_instances.json").read_text())
+    assert [entry["category_id"] for entry in coco["annotations"]] == [2]

@@ -168,6 +168,7 @@ function renderSession() {
   $("current-swatch").style.background = session.current_object.color;
   $("click-count").textContent =
     `${session.clicks.length} click${session.clicks.length === 1 ? "" : "s"}, ${session.current_object.area} px`;
+  $("label").value = session.current_object.label;
   $("mode").value = session.settings.mode;
   $("zoom-in").checked = session.settings.zoom_in;
   $("flip").checked = session.settings.flip;
@@ -187,6 +188,16 @@ function renderSession() {
     swatch.style.background = object.color;
     const label = document.createElement("span");
     label.textContent = `Object ${object.id}`;
+    const category = document.createElement("select");
+    category.className = "object-label";
+    category.title = `Label of object ${object.id}`;
+    (ui.info.labels || []).forEach((entry) => category.append(new Option(entry.name, entry.name)));
+    if (![...category.options].some((option) => option.value === object.label)) {
+      category.append(new Option(object.label, object.label));  // saved with a label the list no longer has
+    }
+    category.value = object.label;
+    category.addEventListener("change", (event) => enqueue(() => applyState(
+      sessionRequest(session, "PUT", `objects/${object.id}/label`, { label: event.target.value }))));
     const area = document.createElement("span");
     area.className = "area";
     area.textContent = `${object.area} px`;
@@ -195,7 +206,7 @@ function renderSession() {
     remove.title = `Delete object ${object.id}`;
     remove.addEventListener("click", () => enqueue(() => applyState(
       sessionRequest(session, "DELETE", `objects/${object.id}`))));
-    item.append(swatch, label, area, remove);
+    item.append(swatch, label, category, area, remove);
     list.append(item);
   });
   const caption = session.image_name || "uploaded image";
@@ -317,6 +328,11 @@ function bindControls() {
   $("previous-image").addEventListener("click", () => openImage(ui.imageIndex - 1));
   $("next-image").addEventListener("click", () => openImage(ui.imageIndex + 1));
   $("mode").addEventListener("change", (event) => updateSettings({ mode: event.target.value }));
+  $("label").addEventListener("change", (event) => {
+    if (!ui.session) return;
+    const session = ui.session;
+    enqueue(() => applyState(sessionRequest(session, "PUT", "label", { label: event.target.value })));
+  });
   $("zoom-in").addEventListener("change", (event) => updateSettings({ zoom_in: event.target.checked }));
   $("flip").addEventListener("change", (event) => updateSettings({ flip: event.target.checked }));
   $("threshold").addEventListener("input", (event) => {
@@ -354,6 +370,7 @@ async function start() {
   try {
     ui.info = await api("GET", "/api/info");
     $("model-name").textContent = ui.info.model ? `model: ${ui.info.model}` : "no model: classical modes only";
+    (ui.info.labels || []).forEach((entry) => $("label").append(new Option(entry.name, entry.name)));
     const select = $("mode");
     ui.info.modes.forEach((mode) => {
       const option = document.createElement("option");
