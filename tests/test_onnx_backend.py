@@ -198,7 +198,8 @@ def test_fbrs_runs_the_whole_map_pass_of_every_evaluation_in_onnxruntime(tiny_mo
     calls = []
     run = OnnxBackend.run
     monkeypatch.setattr(OnnxBackend, "run", lambda self, part, *inputs: calls.append(part) or run(self, part, *inputs))
-    predictor = fbrs.Predictor(tiny_model, mode="f-BRS-B", backend=backend)
+    # The whole-map pass runs apart from the gradient only with the windowed gradient (the app's setting).
+    predictor = fbrs.Predictor(tiny_model, mode="f-BRS-B", backend=backend, windowed_gradient=True)
     predictor.set_image(image)
     for y, x, positive in CLICKS[:3]:
         predictor.add_click(y, x, positive)
