@@ -339,7 +339,8 @@ def _model_label(results: StudyResults) -> str:
         if kind == "default":
             label = "the bundled model (src/fbrs/weights/default.safetensors, MobileNetV2 DeepLabV3+)"
         elif kind == "checkpoint":
-            label = f"`{Path(model['path']).name}` (sha256 {model.get('sha256', '')[:12]})"
+            path = Path(model["path"])
+            label = f"`{path.parent.name}/{path.name}` (sha256 {model.get('sha256', '')[:12]})"
         elif kind == "random-weights":
             label = f"`{model['name']}` with random weights (seed {model.get('seed')})"
         elif kind == "none":
