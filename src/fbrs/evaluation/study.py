@@ -421,8 +421,8 @@ def write_section(doc: Path, name: str, body: str, default_note: str) -> None:
     note = default_note.strip()
     old = re.search(re.escape(begin) + r"(.*?)" + re.escape(end), text, flags=re.S)
     if old:
-        kept = re.search(re.escape(notes_begin) + r"\n(.*?)\n" + re.escape(notes_end), old.group(1), flags=re.S)
-        if kept:
+        kept = re.search(re.escape(notes_begin) + r"\n?(.*?)\n?" + re.escape(notes_end), old.group(1), flags=re.S)
+        if kept and kept.group(1).strip():
             note = kept.group(1).strip()
     section = f"{begin}\n{body}\n**Notes.** {notes_begin}\n{note}\n{notes_end}\n{end}"
     if old:
@@ -787,6 +787,13 @@ def _render_oracle(results: StudyResults) -> list[str]:
                 ]
             )
     lines = _table(header, rows)
+    if results.study.name.endswith("-sam"):
+        return lines + [
+            "",
+            "Every instance gets all 20 clicks (no early stop). The SAM family's predictor has no oracle hook yet "
+            "(`oracle_refine` exists for the DeepLab f-BRS modes only), so this variant gives the mIoU curves of "
+            "the plain loop and of f-BRS on SAM without an oracle row.",
+        ]
     lines += [
         "",
         "Every instance gets all 20 clicks (no early stop), then the oracle continues the f-BRS-B optimisation "
@@ -794,12 +801,6 @@ def _render_oracle(results: StudyResults) -> list[str]:
         "last click. The paper draws the oracle as a dashed line in Figure 6 and gives no number; its text: the "
         "reachable accuracy depends strongly on the dataset, DAVIS and SBD are much harder than GrabCut and Berkeley.",
     ]
-    if results.study.name.endswith("-sam"):
-        lines += [
-            "",
-            "The SAM family's predictor has no oracle hook yet (`oracle_refine` exists for the DeepLab f-BRS modes "
-            "only), so this variant gives the mIoU curves of the plain loop and of f-BRS on SAM without an oracle row.",
-        ]
     return lines
 
 
