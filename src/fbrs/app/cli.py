@@ -107,7 +107,7 @@ def listening_socket(host: str, port: int) -> socket.socket:
         listener.bind(address)
     except OSError as error:
         listener.close()
-        hint = "; is another fbrs app running? choose another --port" if error.errno == errno.EADDRINUSE else ""
+        hint = "; is another fbrs server running? choose another --port" if error.errno == errno.EADDRINUSE else ""
         raise ConfigError(f"cannot listen on {host}:{port}: {error.strerror or error}{hint}") from None
     return listener
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 import socket
 import sys
@@ -116,21 +115,11 @@ def _handle_cvat(args: argparse.Namespace) -> int:
 
 def _listen(host: str, port: int) -> socket.socket:
     """Bind first, so a port in use is said before the model loads."""
+    from fbrs.app.cli import listening_socket  # one place that binds and explains failures
+
     if not 1 <= port <= 65535:
         raise ConfigError(f"--port must be 1..65535, got {port}")
-    try:
-        family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    except (socket.gaierror, UnicodeError) as error:
-        raise ConfigError(f"cannot listen on {host}:{port}: unknown host ({error})") from None
-    listener = socket.socket(family, kind, protocol)
-    try:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(address)
-    except OSError as error:
-        listener.close()
-        hint = "; choose another --port" if error.errno == errno.EADDRINUSE else ""
-        raise ConfigError(f"cannot listen on {host}:{port}: {error.strerror or error}{hint}") from None
-    return listener
+    return listening_socket(host, port)
 
 
 def _serve(app: Any, listener: socket.socket, what: str, args: argparse.Namespace) -> int:
