@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+
+from fbrs.errors import InvalidClickError
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,45 @@ class Click:
 
 
 ClickList = Sequence[Click]
+
+
+def checked_click(
+    y: object, x: object, positive: object, image_size: tuple[int, int], count: int, max_clicks: int | None
+) -> Click:
+    """The Click a predictor adds: (y, x) numbers inside an image of (height, width), at most `max_clicks`
+    per object (`count` made so far). InvalidClickError says what is wrong otherwise."""
+    height, width = image_size
+    try:
+        y, x = float(y), float(x)
+    except (TypeError, ValueError):
+        raise InvalidClickError(f"click coordinates must be numbers, got y={y!r}, x={x!r}") from None
+    if not (0 <= y < height and 0 <= x < width):
+        raise InvalidClickError(f"click (y={y:g}, x={x:g}) is outside the image (height {height}, width {width})")
+    if max_clicks is not None and count >= max_clicks:
+        raise InvalidClickError(f"click limit reached: at most {max_clicks} clicks per object")
+    return Click(y, x, bool(positive))
+
+
+def click_sequence(points: object, labels: object) -> tuple[np.ndarray, np.ndarray]:
+    """`predict`'s inputs as (N, 2) float64 (y, x) points and (N,) labels; InvalidClickError if they do not pair
+    up or are empty."""
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    labels = np.asarray(labels).reshape(-1)
+    if len(points) != len(labels):
+        raise InvalidClickError(f"{len(points)} points but {len(labels)} labels")
+    if len(points) == 0:
+        raise InvalidClickError("predict needs at least one click")
+    return points, labels
+
+
+def clicks_are_prefix(clicks: ClickList, points: np.ndarray, labels: np.ndarray) -> bool:
+    """Whether the non-empty `clicks` are the first clicks of (points, labels)."""
+    if len(clicks) > len(points) or len(clicks) == 0:
+        return False
+    return all(
+        click.y == y and click.x == x and click.is_positive == bool(label)
+        for click, (y, x), label in zip(clicks, points, labels, strict=False)
+    )
 
 
 def points_tensor(clicks_lists: Sequence[ClickList], clicks_limit: int | None = None) -> torch.Tensor:

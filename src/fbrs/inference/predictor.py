@@ -10,12 +10,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fbrs.errors import InvalidClickError, InvalidImageError
+from fbrs.errors import InvalidImageError
 from fbrs.images import as_rgb_uint8
 from fbrs.inference.brs.guard import GuardConfig, resolve_guard
 from fbrs.inference.brs.objective import BRSConfig, LBFGSConfig
 from fbrs.inference.brs.refiners import FeatureBRS, InputBRS, NoRefinement, Refiner
-from fbrs.inference.clicks import Click
+from fbrs.inference.clicks import Click, checked_click, click_sequence, clicks_are_prefix
 from fbrs.inference.modes import MODES
 from fbrs.inference.normalise import normalise_tensor
 from fbrs.inference.packed import UpsampledMap, unpack, upsample_into
@@ -170,19 +170,9 @@ class Predictor:
 
         The array is read-only: the undo history shares it instead of keeping a copy per click (a
         12-megapixel image costs 48 MB per copy). `.copy()` it to modify it."""
-        height, width = self.image_size
-        try:
-            y, x = float(y), float(x)
-        except (TypeError, ValueError):
-            raise InvalidClickError(f"click coordinates must be numbers, got y={y!r}, x={x!r}") from None
-        if not (0 <= y < height and 0 <= x < width):
-            raise InvalidClickError(
-                f"click (y={y:g}, x={x:g}) is outside the image (height {height}, width {width})"
-            )
-        if self.max_clicks is not None and len(self._clicks) >= self.max_clicks:
-            raise InvalidClickError(f"click limit reached: at most {self.max_clicks} clicks per object")
+        click = checked_click(y, x, positive, self.image_size, len(self._clicks), self.max_clicks)
         self._history.append(self.get_state())
-        self._clicks.append(Click(y, x, bool(positive)))
+        self._clicks.append(click)
         probabilities, stored = self._predict()
         self._packed = (probabilities, stored if stored is not None else probabilities)
         probabilities.flags.writeable = False
@@ -258,17 +248,12 @@ class Predictor:
         a prefix of `points`: only the new clicks are computed. The predictor's own state is unchanged.
         Returns the (H, W) float32 probabilities, or (probabilities, state) with return_state.
         """
-        points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-        labels = np.asarray(labels).reshape(-1)
-        if len(points) != len(labels):
-            raise InvalidClickError(f"{len(points)} points but {len(labels)} labels")
-        if len(points) == 0:
-            raise InvalidClickError("predict needs at least one click")
+        points, labels = click_sequence(points, labels)
         saved = self.get_state()
         saved_history = list(self._history)
         try:
             start = 0
-            if prev_state is not None and self._is_prefix(prev_state["clicks"], points, labels):
+            if prev_state is not None and clicks_are_prefix(prev_state["clicks"], points, labels):
                 self.set_state(prev_state)
                 start = len(prev_state["clicks"])
             else:
@@ -300,15 +285,6 @@ class Predictor:
     def _require_image(self) -> None:
         if self._image is None:
             raise InvalidImageError("no image set: call set_image(image) first")
-
-    @staticmethod
-    def _is_prefix(clicks: Sequence[Click], points: np.ndarray, labels: np.ndarray) -> bool:
-        if len(clicks) > len(points) or len(clicks) == 0:
-            return False
-        return all(
-            click.y == y and click.x == x and click.is_positive == bool(label)
-            for click, (y, x), label in zip(clicks, points, labels, strict=False)
-        )
 
     def _predict(self) -> tuple[np.ndarray, UpsampledMap | None]:
         """The (H, W) float32 map of the current clicks, and its UpsampledMap when that is smaller."""

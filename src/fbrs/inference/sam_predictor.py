@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from fbrs.errors import InvalidClickError, InvalidImageError
+from fbrs.errors import InvalidImageError
 from fbrs.images import as_rgb_uint8
 from fbrs.inference.brs.guard import GuardConfig, resolve_guard
 from fbrs.inference.brs.objective import BRSConfig, LBFGSConfig
 from fbrs.inference.brs.refiners import FeatureBRS, NoRefinement, Refiner
-from fbrs.inference.clicks import Click
+from fbrs.inference.clicks import Click, checked_click, click_sequence, clicks_are_prefix
 from fbrs.inference.sam_network import SamNetwork
 from fbrs.models.sam.decoder import SAM_INSERTIONS
 from fbrs.models.sam.frame import to_low_res, upscale_logits
@@ -124,19 +124,9 @@ class SamPredictor:
     def add_click(self, y: float, x: float, positive: bool) -> np.ndarray:
         """Add a click at (y, x) = (row, column) in image pixels; returns the (H, W) float32 probabilities
         (read-only: the undo history shares it)."""
-        height, width = self.image_size
-        try:
-            y, x = float(y), float(x)
-        except (TypeError, ValueError):
-            raise InvalidClickError(f"click coordinates must be numbers, got y={y!r}, x={x!r}") from None
-        if not (0 <= y < height and 0 <= x < width):
-            raise InvalidClickError(
-                f"click (y={y:g}, x={x:g}) is outside the image (height {height}, width {width})"
-            )
-        if self.max_clicks is not None and len(self._clicks) >= self.max_clicks:
-            raise InvalidClickError(f"click limit reached: at most {self.max_clicks} clicks per object")
+        click = checked_click(y, x, positive, self.image_size, len(self._clicks), self.max_clicks)
         self._history.append(self.get_state())
-        self._clicks.append(Click(y, x, bool(positive)))
+        self._clicks.append(click)
         probabilities, self._low_res = self._predict()
         probabilities.flags.writeable = False
         self._probabilities = probabilities
@@ -191,17 +181,12 @@ class SamPredictor:
         a prefix of `points`: only the new clicks are computed. The predictor's own state is unchanged.
         Returns the (H, W) float32 probabilities, or (probabilities, state) with return_state.
         """
-        points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-        labels = np.asarray(labels).reshape(-1)
-        if len(points) != len(labels):
-            raise InvalidClickError(f"{len(points)} points but {len(labels)} labels")
-        if len(points) == 0:
-            raise InvalidClickError("predict needs at least one click")
+        points, labels = click_sequence(points, labels)
         saved = self.get_state()
         saved_history = list(self._history)
         try:
             start = 0
-            if prev_state is not None and _is_prefix(prev_state["clicks"], points, labels):
+            if prev_state is not None and clicks_are_prefix(prev_state["clicks"], points, labels):
                 self.set_state(prev_state)
                 start = len(prev_state["clicks"])
             else:
@@ -238,11 +223,3 @@ class SamPredictor:
             probabilities = torch.sigmoid(logits)[0, 0].cpu().numpy().astype(np.float32, copy=False)
         return probabilities, low_res
 
-
-def _is_prefix(clicks: Sequence[Click], points: np.ndarray, labels: np.ndarray) -> bool:
-    if len(clicks) > len(points) or len(clicks) == 0:
-        return False
-    return all(
-        click.y == y and click.x == x and click.is_positive == bool(label)
-        for click, (y, x), label in zip(clicks, points, labels, strict=False)
-    )
