@@ -151,14 +151,15 @@ def run_app(
     except BaseException:
         listener.close()
         raise
-    project = app.state.project
+    context = app.state.context
+    project = context.project
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
     print(f"fbrs app: annotating {project.images_dir} ({len(project.image_names)} images), "
           f"saving to {project.out_dir.resolve()}")
     for name, reason in project.skipped_images().items():
         print(f"fbrs app: warning: skipping {name}: {reason}", file=sys.stderr)
-    if app.state.labels.explicit:
-        print(f"fbrs app: labels: {', '.join(app.state.labels.names)}")
+    if context.labels.explicit:
+        print(f"fbrs app: labels: {', '.join(context.labels.names)}")
     print(f"fbrs app: open {url}  (API docs: {url}docs; Ctrl+C to stop)")
     if host not in ("127.0.0.1", "localhost", "::1"):
         print("fbrs app: warning: the API has no authentication; anyone who reaches "
