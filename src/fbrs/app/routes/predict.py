@@ -65,9 +65,9 @@ def predict(
 def predict_mask(
     engine: PredictionEngine, settings: PredictorSettings, image: np.ndarray, clicks: Sequence[PointClick]
 ) -> np.ndarray:
-    """The (H, W) bool mask of `clicks` ((x, y, positive), checked to lie inside) on `image` ((H, W, 3)
-    uint8 RGB): a fresh predictor for `settings` takes the image and the clicks in order, as a session
-    would, and the mask is probabilities > settings.prob_threshold."""
+    """The (H, W) bool mask of `clicks` (a non-empty list of (x, y, positive), checked to lie inside) on
+    `image` ((H, W, 3) uint8 RGB): a fresh predictor for `settings` takes the image and the clicks in
+    order, as a session would, and the mask is probabilities > settings.prob_threshold."""
     predictor = engine.create(settings)
     predictor.set_image(image)
     probabilities = None
