@@ -55,8 +55,8 @@ def main() -> None:
     from fbrs.app.engine import PredictionEngine
     from fbrs.app.sessions import AnnotationSession
     from fbrs.errors import CheckpointError
+    from fbrs.evaluation.predictors import load_model_for_evaluation
     from fbrs.evaluation.robot import ClickRobot
-    from fbrs.evaluation.runner import load_model_for_evaluation
 
     try:
         model, description = load_model_for_evaluation(args.model)

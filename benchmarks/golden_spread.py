@@ -54,7 +54,7 @@ def measure(reference: Path, threads: int) -> dict:
     from tests.reference_utils import normalise
 
     from fbrs.evaluation.datasets import Sample
-    from fbrs.evaluation.runner import evaluate_sample
+    from fbrs.evaluation.protocol import evaluate_sample
     from fbrs.inference import create_predictor
     from fbrs.models.distance_maps import distance_maps
     from fbrs.models.reference_weights import build_reference_model

@@ -21,7 +21,7 @@ from PIL import Image
 
 from fbrs.evaluation.datasets import Sample
 from fbrs.evaluation.metrics import number_of_clicks
-from fbrs.evaluation.runner import evaluate_sample
+from fbrs.evaluation.protocol import evaluate_sample
 from fbrs.inference import create_predictor
 from fbrs.inference.brs.guard import GuardConfig
 from fbrs.training.data import is_validation_image

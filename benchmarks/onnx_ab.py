@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from fbrs.evaluation.bench import _device_name, robot_click_sequence, synthetic_scene
+from fbrs.evaluation.predictors import load_model_for_evaluation
 from fbrs.evaluation.reports import _model_label
-from fbrs.evaluation.runner import load_model_for_evaluation
 from fbrs.inference.modes import MODES
 from fbrs.inference.onnx_backend import OnnxBackend, cached_onnx_files, parts_for_mode
 from fbrs.inference.predictor import Predictor

@@ -16,7 +16,7 @@ import argparse
 import numpy as np
 from photo_protocol import add_photo_arguments, load_photo_samples, photo_predictor
 
-from fbrs.evaluation.runner import evaluate_sample
+from fbrs.evaluation.protocol import evaluate_sample
 
 
 def main() -> None:

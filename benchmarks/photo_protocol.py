@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from fbrs.evaluation.datasets import load_dataset
-from fbrs.evaluation.runner import default_predictor_factory, load_model_for_evaluation
+from fbrs.evaluation.predictors import PredictorRecipe, load_model_for_evaluation
 
 
 def add_photo_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +30,7 @@ def load_photo_samples(args: argparse.Namespace) -> tuple[Any, list[Any]]:
 
 
 def photo_predictor(args: argparse.Namespace, model: Any, backend: str) -> Any:
-    """The predictor of `fbrs evaluate` for --mode (Zoom-In at 400 px), with flip unless --no-flip."""
-    return default_predictor_factory(
-        args.mode, model, with_flip=not args.no_flip, zoom_in_target_size=400, backend=backend
-    )
+    """The predictor of `fbrs evaluate` for --mode (Zoom-In at 400 px), with flip unless --no-flip; backend
+    "torch" or "onnx" (a mode ONNX Runtime cannot run stays in torch, as in `fbrs evaluate --backend onnx`)."""
+    recipe = PredictorRecipe(options={"with_flip": not args.no_flip}, zoom_in_target_size=400, backend=backend)
+    return recipe.build(args.mode, model)

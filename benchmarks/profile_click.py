@@ -19,7 +19,7 @@ import time
 
 from photo_protocol import add_photo_arguments, load_photo_samples, photo_predictor
 
-from fbrs.evaluation.runner import evaluate_sample
+from fbrs.evaluation.protocol import evaluate_sample
 from fbrs.io_utils import write_text_atomic
 
 

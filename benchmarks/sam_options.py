@@ -21,7 +21,7 @@ from PIL import Image
 
 from fbrs.evaluation.datasets import Sample
 from fbrs.evaluation.metrics import number_of_clicks
-from fbrs.evaluation.runner import evaluate_sample
+from fbrs.evaluation.protocol import evaluate_sample
 from fbrs.inference.sam_predictor import SamPredictor
 from fbrs.models.sam.model import load_default_sam_model
 

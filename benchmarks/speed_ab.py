@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from fbrs.evaluation.bench import robot_click_sequence, synthetic_scene
-from fbrs.evaluation.runner import load_model_for_evaluation
+from fbrs.evaluation.predictors import load_model_for_evaluation
 from fbrs.inference.predictor import Predictor
 
 

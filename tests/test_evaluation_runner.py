@@ -18,7 +18,8 @@ from fbrs.cli import main
 from fbrs.errors import CheckpointError, ConfigError
 from fbrs.evaluation.datasets import Sample
 from fbrs.evaluation.metrics import compute_noc, noc_thresholds
-from fbrs.evaluation.runner import evaluate_sample, load_run_records, results_path
+from fbrs.evaluation.protocol import evaluate_sample
+from fbrs.evaluation.run_folder import load_run_records, results_path
 
 MODES = "NoBRS,f-BRS-B"
 
@@ -153,7 +154,8 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     run = tmp_path / "run"
     assert main(evaluate_args(dataset, run, "--gallery", "0")) == 0
     with pytest.raises(ConfigError, match="max_clicks: 4 -> 5"):
-        from fbrs.evaluation.runner import EvaluationSettings, run_evaluation
+        from fbrs.evaluation.runner import run_evaluation
+        from fbrs.evaluation.settings import EvaluationSettings
 
         settings = EvaluationSettings([str(dataset)], ["NoBRS"], "tiny_test", max_clicks=5, zoom_in=False)
         run_evaluation(settings, run, progress=False)
@@ -176,7 +178,8 @@ def test_report_puts_runs_side_by_side(tmp_path, capsys):
 
 
 def test_missing_default_model_is_a_clear_error(tmp_path, monkeypatch):
-    from fbrs.evaluation.runner import EvaluationSettings, run_evaluation
+    from fbrs.evaluation.runner import run_evaluation
+    from fbrs.evaluation.settings import EvaluationSettings
 
     monkeypatch.setenv("FBRS_DEFAULT_MODEL", str(tmp_path / "absent.safetensors"))
     dataset = make_dataset(tmp_path / "synth", 1)

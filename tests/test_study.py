@@ -13,7 +13,9 @@ from PIL import Image
 
 from fbrs.cli import main
 from fbrs.errors import ConfigError
-from fbrs.evaluation.runner import EvaluationSettings, _pending_tasks, results_path
+from fbrs.evaluation.run_folder import results_path
+from fbrs.evaluation.runner import _pending_tasks
+from fbrs.evaluation.settings import EvaluationSettings
 from fbrs.evaluation.study import (
     STUDIES,
     StudyOptions,

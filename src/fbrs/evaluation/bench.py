@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from fbrs.errors import ConfigError
+from fbrs.evaluation.predictors import PredictorRecipe, check_modes, load_model_for_evaluation
 from fbrs.evaluation.robot import ClickRobot, RobotClick
 from fbrs.io_utils import write_text_atomic
 
@@ -63,6 +64,13 @@ class BenchSettings:
 
         check_backend_choice(self.backend, self.device)
 
+    @property
+    def predictor_recipe(self) -> PredictorRecipe:
+        """The predictors timed: Zoom-In off (the network sees the crop_size image), flip as set."""
+        return PredictorRecipe(
+            options={"with_flip": self.with_flip}, zoom_in=False, backend=self.backend, device=self.device
+        )
+
 
 def synthetic_scene(size: int) -> tuple[np.ndarray, np.ndarray]:
     """A deterministic (size, size, 3) uint8 image with a textured object and its (size, size) bool mask:
@@ -80,21 +88,14 @@ def synthetic_scene(size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _backend(mode: str, settings: BenchSettings) -> str:
-    from fbrs.inference.modes import backend_for_mode
-
-    return backend_for_mode(settings.backend, mode, settings.device)
+    return settings.predictor_recipe.backend_for(mode)
 
 
 def _make_predictor(mode: str, model: Any, settings: BenchSettings) -> Any:
-    """A predictor of any registered mode: DeepLab modes get Zoom-In off, the flip setting and the backend;
-    the SAM family (its own bundled model) only the options it takes (fbrs.evaluation.runner.accepted_options)."""
-    from fbrs.evaluation.runner import accepted_options, default_predictor_factory
-
-    options: dict[str, Any] = {"zoom_in": False, "with_flip": settings.with_flip}
-    if _backend(mode, settings) == "onnx":
-        options["backend"] = "onnx"
-    options, _ = accepted_options(mode, options)
-    return default_predictor_factory(mode, model, **options)
+    """A predictor of any registered mode, built as `fbrs evaluate` builds its own (PredictorRecipe):
+    DeepLab modes get Zoom-In off, the flip setting and the backend; the SAM family (its own bundled model)
+    only the options it takes."""
+    return settings.predictor_recipe.build(mode, model)
 
 
 def _forget_image(predictor: Any) -> None:
@@ -166,8 +167,6 @@ def _peak_memory_worker(mode: str, settings_dict: dict, clicks: list[tuple], que
     The absolute peak, not its growth over the sequence: the growth reads 0 whenever loading peaked higher."""
     import torch
 
-    from fbrs.evaluation.runner import load_model_for_evaluation
-
     settings = BenchSettings(**settings_dict)
     if settings.threads:
         torch.set_num_threads(settings.threads)
@@ -200,8 +199,6 @@ def _percentile(values: list[float], q: float) -> float:
 def run_benchmark(settings: BenchSettings, out_path: str | os.PathLike) -> dict[str, Any]:
     """Measure, then write `out_path` (Markdown) and the same stem .json. Returns the JSON content."""
     import torch
-
-    from fbrs.evaluation.runner import check_modes, load_model_for_evaluation
 
     settings.validate()
     modes = list(settings.modes or LEARNED_MODES)

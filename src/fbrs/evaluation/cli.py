@@ -114,7 +114,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from fbrs.evaluation.runner import EvaluationSettings, run_evaluation
+    from fbrs.evaluation.runner import run_evaluation
+    from fbrs.evaluation.settings import EvaluationSettings
 
     options = {}
     if args.clicks_limit is not None:
@@ -174,7 +175,7 @@ OPTION_FLAGS = {
 def _note_ignored_options(modes: list[str], options: dict) -> None:
     """Say which modes ignore which of the given predictor options (e.g. the SAM family has no flip TTA,
     the classical baselines no L-BFGS), instead of dropping them silently."""
-    from fbrs.evaluation.runner import accepted_options
+    from fbrs.evaluation.predictors import accepted_options
 
     for mode in modes:
         _, ignored = accepted_options(mode, options)

@@ -1,42 +1,61 @@
 """PNG figures of evaluation runs: mean IoU vs clicks (paper Figure 6) and worst-case galleries.
-matplotlib runs on the Agg backend (no display needed); files are written atomically."""
+
+Figures are drawn with matplotlib's object-oriented API (a `Figure` on its own Agg canvas), never through
+pyplot: no display is needed, and the backend a notebook or application chose is left as it was. Files are
+written atomically. matplotlib is imported by the functions that draw (importing this module is cheap).
+"""
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fbrs.evaluation.datasets import Dataset, Sample
+from fbrs.evaluation.protocol import replayed_mask
 from fbrs.evaluation.robot import RobotClick
+from fbrs.evaluation.run_folder import load_run_records, mask_path
+from fbrs.evaluation.settings import EvaluationSettings
+from fbrs.evaluation.summary import worst_samples
 from fbrs.io_utils import atomic_path
 
 
-def _pyplot():
+def new_figure(rows: int, columns: int, figsize: tuple[float, float]) -> tuple[Any, np.ndarray]:
+    """(figure, axes (rows, columns)): a matplotlib Figure on an Agg canvas of its own, outside pyplot (so
+    it needs no closing and touches no global backend)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=figsize)
+    FigureCanvasAgg(figure)
+    return figure, figure.subplots(rows, columns, squeeze=False)
+
+
+def colour_cycle() -> list[str]:
+    """The colours of matplotlib's current property cycle (one per mode, in order)."""
     import matplotlib
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
 
 
-def _save_figure(figure: Any, path: Path) -> None:
-    plt = _pyplot()
+def save_figure(figure: Any, path: str | os.PathLike) -> Path:
+    """Write `figure` as a PNG (100 dpi, tight), atomically."""
+    path = Path(path)
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png", dpi=100, bbox_inches="tight")
-    plt.close(figure)
+    return path
 
 
 def plot_miou_vs_clicks(summary: dict[str, Any], path: str | os.PathLike) -> Path:
     """One panel per dataset, one line per mode: mean IoU after click 1..max_clicks; a dashed line marks
     each mode's oracle mIoU when the run has one (paper Figure 6)."""
-    plt = _pyplot()
     datasets = summary["datasets"]
-    figure, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.6), squeeze=False)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    figure, axes = new_figure(1, len(datasets), (4.2 * len(datasets), 3.6))
+    colours = colour_cycle()
     modes: list[str] = []
     for entry in summary["results"]:
         if entry["mode"] not in modes:
@@ -58,18 +77,15 @@ def plot_miou_vs_clicks(summary: dict[str, Any], path: str | os.PathLike) -> Pat
         axis.set_xlim(1, max(2, summary["max_clicks"]))
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8, loc="lower right")
-    path = Path(path)
-    _save_figure(figure, path)
-    return path
+    return save_figure(figure, path)
 
 
 def draw_gallery(tiles: list[dict[str, Any]], path: str | os.PathLike, title: str = "", columns: int = 3) -> Path:
     """A grid of samples. Each tile: {"image": (H,W,3) uint8, "mask": (H,W) bool prediction,
     "gt": (H,W) bool, "clicks": [RobotClick], "caption": str}. Prediction tinted blue, ground-truth
     outline yellow, positive clicks green, negative red."""
-    plt = _pyplot()
     rows = max(1, math.ceil(len(tiles) / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(4.0 * columns, 3.2 * rows), squeeze=False)
+    figure, axes = new_figure(rows, columns, (4.0 * columns, 3.2 * rows))
     for axis in axes.ravel():
         axis.axis("off")
     for axis, tile in zip(axes.ravel(), tiles, strict=False):
@@ -81,9 +97,7 @@ def draw_gallery(tiles: list[dict[str, Any]], path: str | os.PathLike, title: st
         axis.set_title(tile["caption"], fontsize=8)
     if title:
         figure.suptitle(title, fontsize=10)
-    path = Path(path)
-    _save_figure(figure, path)
-    return path
+    return save_figure(figure, path)
 
 
 def _overlay(image: np.ndarray, mask: np.ndarray, gt: np.ndarray) -> np.ndarray:
@@ -96,55 +110,88 @@ def _overlay(image: np.ndarray, mask: np.ndarray, gt: np.ndarray) -> np.ndarray:
     return result.astype(np.uint8)
 
 
-def write_worst_case_galleries(run_dir: Path, datasets: dict[str, Any], context: Any) -> list[Path]:
-    """gallery/<dataset>__<mode>.png with the run's hardest samples. The final masks come from --save-masks
-    files when present, otherwise from replaying the recorded clicks with the run's predictor."""
-    from fbrs.evaluation.reports import worst_samples
-    from fbrs.evaluation.runner import (
-        load_run_records,
-        mask_path,
-        mode_needs_model,
-        predictor_options_for,
-        replay_clicks,
-    )
+def final_mask(
+    run_dir: str | os.PathLike,
+    dataset_name: str,
+    mode: str,
+    sample: Sample,
+    clicks: list[RobotClick],
+    threshold: float,
+    predictor_for: Callable[[str, str], Any],
+) -> np.ndarray:
+    """The (H, W) bool mask a run scored for `sample` after its recorded `clicks`: the --save-masks file when
+    there is one, otherwise the clicks replayed on predictor_for(mode, dataset_name), the run's predictor
+    (EvaluationSettings.predictor_for: the same backend and options as the scored run)."""
+    saved = mask_path(run_dir, dataset_name, mode, sample.name)
+    if saved.is_file():
+        from PIL import Image
 
-    settings = context.settings
+        with Image.open(saved) as image:
+            return np.asarray(image) > 127
+    return replayed_mask(predictor_for(mode, dataset_name), sample.image, clicks, threshold)
+
+
+def worst_case_tiles(
+    run_dir: str | os.PathLike,
+    dataset: Dataset,
+    mode: str,
+    records: list[dict[str, Any]],
+    settings: EvaluationSettings,
+    predictor_for: Callable[[str, str], Any],
+) -> list[dict[str, Any]]:
+    """The `draw_gallery` tiles of the settings.gallery_size hardest samples among `records` (one
+    (dataset, mode) of the run), with the masks the run scored (`final_mask`)."""
+    names = dataset.sample_names()
+    tiles = []
+    for record in worst_samples(records, settings.gallery_size, settings.target_iou, settings.max_clicks):
+        index = record["index"] if names[record["index"]] == record["sample"] else names.index(record["sample"])
+        sample = dataset[index]
+        clicks = [RobotClick(y, x, bool(p)) for y, x, p in record["clicks"]]
+        mask = final_mask(run_dir, dataset.name, mode, sample, clicks, settings.pred_threshold, predictor_for)
+        final_iou = record["ious"][-1] if record["ious"] else 0.0
+        clicks_text = f"{len(clicks)} click" + ("s" if len(clicks) != 1 else "")
+        tiles.append(
+            {
+                "image": sample.image,
+                "mask": mask,
+                "gt": sample.mask,
+                "clicks": clicks,
+                "caption": f"{sample.name}: {clicks_text}, IoU {final_iou:.3f}",
+            }
+        )
+    return tiles
+
+
+def write_worst_case_galleries(
+    run_dir: str | os.PathLike,
+    datasets: dict[str, Dataset],
+    settings: EvaluationSettings,
+    predictor_for: Callable[[str, str], Any],
+) -> list[Path]:
+    """gallery/<dataset>__<mode>.png with the run's hardest samples of every (dataset, mode) of `settings`;
+    predictor_for(mode, dataset name) -> the run's predictor (see `final_mask`)."""
+    run_dir = Path(run_dir)
     written = []
     for dataset_name, by_mode in load_run_records(run_dir).items():
         dataset = datasets.get(dataset_name)
         if dataset is None:
             continue
-        names = dataset.sample_names()
         for mode, records in by_mode.items():
             if mode not in settings.modes or not records:
                 continue
-            tiles = []
-            for record in worst_samples(records, settings.gallery_size, settings.target_iou, settings.max_clicks):
-                index = record["index"] if names[record["index"]] == record["sample"] else names.index(record["sample"])
-                sample = dataset[index]
-                clicks = [RobotClick(y, x, bool(p)) for y, x, p in record["clicks"]]
-                saved = mask_path(run_dir, dataset_name, mode, sample.name)
-                if saved.is_file():
-                    from PIL import Image
-
-                    mask = np.asarray(Image.open(saved)) > 127
-                else:
-                    needs_model = mode_needs_model(mode)
-                    options = predictor_options_for(settings, dataset_name) if needs_model else {}
-                    predictor = context.factory(mode, context.model if needs_model else None, **options)
-                    probs = replay_clicks(predictor, sample.image, clicks)
-                    mask = np.zeros_like(sample.mask) if probs is None else np.asarray(probs) > settings.pred_threshold
-                final_iou = record["ious"][-1] if record["ious"] else 0.0
-                clicks_text = f"{len(clicks)} click" + ("s" if len(clicks) != 1 else "")
-                tiles.append(
-                    {
-                        "image": sample.image,
-                        "mask": mask,
-                        "gt": sample.mask,
-                        "clicks": clicks,
-                        "caption": f"{sample.name}: {clicks_text}, IoU {final_iou:.3f}",
-                    }
-                )
+            tiles = worst_case_tiles(run_dir, dataset, mode, records, settings, predictor_for)
             path = run_dir / "gallery" / f"{dataset_name}__{mode}.png"
             written.append(draw_gallery(tiles, path, title=f"{dataset_name} / {mode}: worst cases"))
     return written
+
+
+__all__ = [
+    "colour_cycle",
+    "draw_gallery",
+    "final_mask",
+    "new_figure",
+    "plot_miou_vs_clicks",
+    "save_figure",
+    "worst_case_tiles",
+    "write_worst_case_galleries",
+]

@@ -1,5 +1,5 @@
-"""Summaries of evaluation runs: per (dataset, mode) metrics, the paper's Table 3 / Table 4 layouts in
-Markdown, JSON and CSV, and `fbrs report` (several runs side by side)."""
+"""Reports of evaluation runs: the paper's Table 3 / Table 4 layouts in Markdown, JSON and CSV, the run's
+report files (with the plots), and `fbrs report` (several runs side by side)."""
 
 from __future__ import annotations
 
@@ -7,91 +7,19 @@ import csv
 import io
 import json
 import os
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fbrs.errors import FbrsError
-from fbrs.evaluation.metrics import compute_noc, mean_iou_per_click, noc_thresholds, number_of_clicks, threshold_label
-from fbrs.evaluation.runner import CONFIG_FILE, load_run_records, read_run_config
+from fbrs.evaluation.datasets import Dataset
+from fbrs.evaluation.plots import plot_miou_vs_clicks, write_worst_case_galleries
+from fbrs.evaluation.run_folder import CONFIG_FILE
+from fbrs.evaluation.settings import EvaluationSettings
+from fbrs.evaluation.summary import STANDARD_MAX_CLICKS, summarize_run
 from fbrs.io_utils import write_text_atomic
-
-STANDARD_MAX_CLICKS = 20  # NoC@85/90 and ">=20" of the paper
-LONG_MAX_CLICKS = 100  # NoC100@90 and ">=100"
-
-
-def summarize_records(
-    records: list[dict[str, Any]], max_clicks: int, target_iou: float, expected_samples: int | None = None
-) -> dict[str, Any]:
-    """Metrics of one (dataset, mode) from its result records (see runner.SampleResult.to_record).
-
-    NoC@80/85/90 and the ">=20" counts use min(20, max_clicks) clicks (a longer run's curves are cut at 20,
-    which gives exactly what a 20-click run gives); with max_clicks >= 100 NoC100@90 and ">=100@90" too.
-    SPC = mean predictor time per click; time_seconds = total processing time of all samples.
-    """
-    curves = [record["ious"] for record in records]
-    standard_clicks = min(STANDARD_MAX_CLICKS, max_clicks)
-    thresholds = noc_thresholds(target_iou)
-    nocs, over_max = compute_noc(curves, thresholds, standard_clicks)
-    total_clicks = sum(len(curve) for curve in curves)
-    click_seconds = sum(sum(record["click_seconds"]) for record in records)
-    summary: dict[str, Any] = {
-        "samples": len(records),
-        "expected_samples": expected_samples,
-        "noc_max_clicks": standard_clicks,
-        "noc": {threshold_label(t): value for t, value in zip(thresholds, nocs, strict=True)},
-        "over_max": {threshold_label(t): value for t, value in zip(thresholds, over_max, strict=True)},
-        "miou_per_click": mean_iou_per_click(curves, max_clicks),
-        "total_clicks": total_clicks,
-        "spc": click_seconds / total_clicks if total_clicks else None,
-        "time_seconds": sum(record["seconds"] for record in records),
-    }
-    if max_clicks >= LONG_MAX_CLICKS:
-        long_nocs, long_over = compute_noc(curves, [thresholds[-1]], LONG_MAX_CLICKS)
-        summary["noc100_90"] = long_nocs[0]
-        summary["over_100_90"] = long_over[0]
-    oracle = [record["oracle_iou"] for record in records if record.get("oracle_iou") is not None]
-    if oracle:
-        summary["oracle_miou"] = float(np.mean(oracle))
-        summary["oracle_samples"] = len(oracle)
-    return summary
-
-
-def summarize_run(run_dir: str | os.PathLike, expected: dict[str, int] | None = None) -> dict[str, Any]:
-    """The summary of a run folder (what summary.json holds)."""
-    run_dir = Path(run_dir)
-    config = read_run_config(run_dir)
-    identity = config["identity"]
-    settings = config.get("settings", {})
-    records = load_run_records(run_dir)
-    mode_order = settings.get("modes") or []
-    named_first = [d for d in config.get("dataset_names", []) if d in records]
-    dataset_order = named_first + [d for d in records if d not in named_first]
-    results = []
-    for dataset in dataset_order:
-        modes = sorted(records[dataset], key=lambda m: (mode_order.index(m) if m in mode_order else len(mode_order), m))
-        for mode in modes:
-            entry = summarize_records(
-                records[dataset][mode],
-                identity["max_clicks"],
-                identity["target_iou"],
-                (expected or {}).get(dataset),
-            )
-            results.append({"dataset": dataset, "mode": mode, **entry})
-    return {
-        "run": run_dir.name,
-        "model": identity["model"],
-        "max_clicks": identity["max_clicks"],
-        "target_iou": identity["target_iou"],
-        "zoom_in": identity["zoom_in"],
-        "stop_at_target": identity["stop_at_target"],
-        "datasets": dataset_order,
-        "results": results,
-        "generated": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-
 
 # ----------------------------------------------------------------------------------------------------------
 # Rendering
@@ -276,17 +204,22 @@ def render_summary_csv(summary: dict[str, Any]) -> str:
     return buffer.getvalue()
 
 
-def write_run_reports(run_dir: str | os.PathLike, datasets: dict | None = None, context: Any = None) -> dict[str, Any]:
+def write_run_reports(
+    run_dir: str | os.PathLike,
+    datasets: dict[str, Dataset] | None = None,
+    settings: EvaluationSettings | None = None,
+    predictor_for: Callable[[str, str], Any] | None = None,
+) -> dict[str, Any]:
     """Write summary.{md,json,csv}, the mIoU plot and the worst-case galleries of a run folder.
 
-    datasets / context (the runner's): used for the expected sample counts and to draw the galleries.
+    datasets / settings (the run's): the expected sample counts (with settings.limit) and the galleries'
+    samples. predictor_for(mode, dataset name) -> the run's predictor, to replay the galleries' samples
+    whose masks were not saved; without it (or with settings.gallery_size 0) no galleries are drawn.
     """
-    from fbrs.evaluation.plots import plot_miou_vs_clicks, write_worst_case_galleries
-
     run_dir = Path(run_dir)
     expected = None
     if datasets is not None:
-        limit = context.settings.limit if context is not None else None
+        limit = settings.limit if settings is not None else None
         expected = {name: len(d) if limit is None else min(limit, len(d)) for name, d in datasets.items()}
     summary = summarize_run(run_dir, expected)
     if not summary["results"]:
@@ -295,8 +228,8 @@ def write_run_reports(run_dir: str | os.PathLike, datasets: dict | None = None, 
     write_text_atomic(run_dir / "summary.md", render_summary_markdown(summary))
     write_text_atomic(run_dir / "summary.csv", render_summary_csv(summary))
     plot_miou_vs_clicks(summary, run_dir / "miou_vs_clicks.png")
-    if datasets is not None and context is not None and context.settings.gallery_size > 0:
-        write_worst_case_galleries(run_dir, datasets, context)
+    if datasets is not None and settings is not None and predictor_for is not None and settings.gallery_size > 0:
+        write_worst_case_galleries(run_dir, datasets, settings, predictor_for)
     return summary
 
 
@@ -338,14 +271,3 @@ def compare_runs_markdown(run_dirs: list[str | os.PathLike]) -> str:
         for s in summaries
     ]
     return "\n".join(["# Evaluation runs compared", "", _table(header, rows), "", *notes, ""])
-
-
-def worst_samples(
-    records: list[dict[str, Any]], count: int, target_iou: float, max_clicks: int
-) -> list[dict[str, Any]]:
-    """The `count` hardest samples: most clicks to reach the target IoU, then lowest final IoU."""
-    threshold = noc_thresholds(target_iou)[-1]
-    return sorted(
-        records,
-        key=lambda r: (-number_of_clicks(r["ious"], threshold, max_clicks), r["ious"][-1] if r["ious"] else 0.0),
-    )[:count]

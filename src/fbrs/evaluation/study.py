@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from fbrs.errors import ConfigError
+from fbrs.evaluation.settings import EvaluationSettings
 
 DEFAULT_OUT = Path("runs/studies")
 DEFAULT_DOC = Path("docs/paper_studies.md")
@@ -220,9 +221,7 @@ class StudyResults:
         return seen
 
 
-def evaluation_settings(run: StudyRun, options: StudyOptions) -> Any:
-    from fbrs.evaluation.runner import EvaluationSettings
-
+def evaluation_settings(run: StudyRun, options: StudyOptions) -> EvaluationSettings:
     max_clicks = run.max_clicks if options.max_clicks is None else min(run.max_clicks, options.max_clicks)
     return EvaluationSettings(
         datasets=[run.dataset],
@@ -271,8 +270,8 @@ def _run_summary(run_dir: Path, run: StudyRun, options: StudyOptions) -> dict[st
     """The run's summary over the study's instances only: a folder that holds more samples (an earlier
     run with a larger --subset) is summarised over the first N, so every mode counts the same instances."""
     from fbrs.evaluation.datasets import load_dataset
-    from fbrs.evaluation.reports import summarize_records
-    from fbrs.evaluation.runner import load_run_records, read_run_config
+    from fbrs.evaluation.run_folder import load_run_records, read_run_config
+    from fbrs.evaluation.summary import summarize_records
 
     if not (run_dir / "config.json").is_file() or not (run_dir / "results").is_dir():
         return None
@@ -683,14 +682,13 @@ def _render_figure5(results: StudyResults) -> list[str]:
 
 
 def _plot_figure5(results: StudyResults, path: Path) -> Path | None:
-    from fbrs.evaluation.plots import _pyplot, _save_figure
+    from fbrs.evaluation.plots import new_figure, save_figure
 
     curves = _figure5_curves(results)
     if not curves:
         return None
-    plt = _pyplot()
     datasets = results.datasets()
-    figure, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.4), squeeze=False)
+    figure, axes = new_figure(1, len(datasets), (4.2 * len(datasets), 3.4))
     for axis, d in zip(axes[0], datasets, strict=True):
         for mode in results.modes():
             points = sorted(curves.get((d, mode), []))
@@ -701,8 +699,7 @@ def _plot_figure5(results: StudyResults, path: Path) -> Path | None:
         axis.set_ylabel("NoC@90")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
-    _save_figure(figure, path)
-    return path
+    return save_figure(figure, path)
 
 
 # ----------------------------------------------------------------------------------------------------------
