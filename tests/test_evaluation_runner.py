@@ -270,3 +270,70 @@ def test_onnx_backend_runs_the_modes_it_can_and_is_recorded(tmp_path, monkeypatc
     config_path.write_text(json.dumps(config))
     assert main(evaluate_args(dataset, tmp_path / "torch", *modes)) == 0
     assert main(evaluate_args(dataset, tmp_path / "torch", *modes, "--backend", "onnx")) == 2
+
+
+REUSE_MODES = ["NoBRS", "f-BRS-B", "RGB-BRS", "SAM-f-BRS-upscaled", "graphcut"]
+
+
+@pytest.mark.parametrize("mode", REUSE_MODES)
+def test_a_reused_predictor_gives_what_fresh_predictors_give(tmp_path, monkeypatch, mode):
+    """The runner builds one predictor per (mode, dataset) and reuses it from sample to sample: the records
+    must equal those of a fresh predictor per sample (clicks, every IoU, the oracle's IoU, the final mask)."""
+    import fbrs.models.sam.model as sam_model
+    from fbrs.evaluation.datasets import load_dataset
+    from fbrs.evaluation.predictors import default_predictor_factory, load_model_for_evaluation
+    from fbrs.evaluation.runner import SampleEvaluator, Task
+    from fbrs.evaluation.settings import EvaluationSettings
+    from fbrs.models.sam.tiny import build_tiny_sam_model
+
+    monkeypatch.setattr(sam_model, "_DEFAULT", build_tiny_sam_model(seed=0))
+    dataset = load_dataset(str(make_dataset(tmp_path / "synth", 3)))
+    settings = EvaluationSettings(
+        [str(dataset.root)], [mode], "tiny_test", max_clicks=4, stop_at_target=False, oracle=mode == "f-BRS-B",
+        zoom_in_target_size=32, save_masks=True,
+    )
+    model, _ = load_model_for_evaluation("tiny_test")
+    built = []
+
+    def counting_factory(mode, model, **options):
+        built.append(mode)
+        return default_predictor_factory(mode, model, **options)
+
+    evaluator = SampleEvaluator(settings, {dataset.name: dataset}, model, counting_factory, tmp_path / "run")
+    reused = [evaluator.evaluate(Task(dataset.name, mode, index)) for index in range(3)]
+    assert built == [mode]  # one predictor for the three samples
+    for index, record in enumerate(reused):
+        predictor = settings.predictor_for(mode, dataset.name, model)
+        fresh = evaluate_sample(
+            predictor, dataset[index], max_clicks=4, stop_at_target=False,
+            oracle=settings.uses_oracle(mode, predictor), index=index,
+        )
+        assert (record["clicks"], record["ious"]) == (fresh.to_record()["clicks"], fresh.ious)
+        assert record.get("oracle_iou") == fresh.oracle_iou
+        saved = np.asarray(Image.open(tmp_path / "run" / "masks" / "synth" / mode / f"img{index:02d}.png")) > 127
+        np.testing.assert_array_equal(saved, fresh.final_mask)
+    if mode == "f-BRS-B":
+        assert all(record["oracle_iou"] is not None for record in reused)
+
+
+def test_one_recipe_gives_every_mode_its_options():
+    """EvaluationSettings.predictor_for's options: the user's options and Zoom-In for DeepLab modes (600 px
+    on DAVIS, as the original), the SAM family only the options it takes, the baselines none; the ONNX
+    backend only where ONNX Runtime can run the mode."""
+    from fbrs.evaluation.bench import BenchSettings
+    from fbrs.evaluation.settings import EvaluationSettings
+
+    given = {"lbfgs_max_evaluations": 5, "with_flip": False}
+    settings = EvaluationSettings(["GrabCut", "DAVIS"], ["NoBRS"], predictor_options=given, backend="onnx")
+    recipe = settings.predictor_recipe
+    zoom = {"zoom_in": True, "zoom_in_target_size": 400}
+    assert recipe.options_for("f-BRS-B", "GrabCut") == {**given, **zoom, "backend": "onnx"}
+    assert recipe.options_for("f-BRS-B", "DAVIS")["zoom_in_target_size"] == 600
+    assert recipe.options_for("RGB-BRS", "Berkeley") == {**given, **zoom}  # stays in torch
+    assert recipe.options_for("SAM-f-BRS-upscaled", "DAVIS") == {"lbfgs_max_evaluations": 5}
+    assert recipe.options_for("graphcut", "GrabCut") == {}
+    sized = EvaluationSettings(["DAVIS"], ["NoBRS"], zoom_in_target_size=320).predictor_recipe
+    assert sized.options_for("NoBRS", "DAVIS") == {"zoom_in": True, "zoom_in_target_size": 320}
+    bench = BenchSettings(with_flip=False, backend="onnx").predictor_recipe
+    assert bench.options_for("NoBRS") == {"with_flip": False, "zoom_in": False, "zoom_in_target_size": 400,
+                                          "backend": "onnx"}

@@ -82,8 +82,8 @@ def plot_miou_vs_clicks(summary: dict[str, Any], path: str | os.PathLike) -> Pat
 
 def draw_gallery(tiles: list[dict[str, Any]], path: str | os.PathLike, title: str = "", columns: int = 3) -> Path:
     """A grid of samples. Each tile: {"image": (H,W,3) uint8, "mask": (H,W) bool prediction,
-    "gt": (H,W) bool, "clicks": [RobotClick], "caption": str}. Prediction tinted blue, ground-truth
-    outline yellow, positive clicks green, negative red."""
+    "gt": (H,W) bool, "clicks": [RobotClick], "caption": str} (other keys are ignored). Prediction tinted
+    blue, ground-truth outline yellow, positive clicks green, negative red."""
     rows = max(1, math.ceil(len(tiles) / columns))
     figure, axes = new_figure(rows, columns, (4.0 * columns, 3.2 * rows))
     for axis in axes.ravel():
@@ -152,6 +152,7 @@ def worst_case_tiles(
         clicks_text = f"{len(clicks)} click" + ("s" if len(clicks) != 1 else "")
         tiles.append(
             {
+                "sample": sample.name,
                 "image": sample.image,
                 "mask": mask,
                 "gt": sample.mask,
