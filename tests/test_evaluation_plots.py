@@ -19,7 +19,7 @@ import sys
 import matplotlib
 matplotlib.use("svg")  # the user's choice, before fbrs is imported
 import fbrs.evaluation.plots as plots
-import fbrs.evaluation.reports, fbrs.evaluation.study  # noqa: F401
+import fbrs.evaluation.reports, fbrs.studies.paper  # noqa: F401
 from fbrs.evaluation.robot import RobotClick
 summary = {"datasets": ["d"], "max_clicks": 3,
            "results": [{"dataset": "d", "mode": "NoBRS", "miou_per_click": [0.5, 0.7, 0.8], "oracle_miou": 0.9}]}

@@ -16,7 +16,7 @@ from fbrs.errors import ConfigError
 from fbrs.evaluation.run_folder import results_path
 from fbrs.evaluation.runner import _pending_tasks
 from fbrs.evaluation.settings import EvaluationSettings
-from fbrs.evaluation.study import (
+from fbrs.studies.paper import (
     STUDIES,
     StudyOptions,
     evaluation_settings,

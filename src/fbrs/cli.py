@@ -13,6 +13,7 @@ from fbrs.errors import FbrsError
 COMMAND_MODULES = (
     "fbrs.inference.cli",  # predict, convert, export-onnx, models, demo
     "fbrs.evaluation.cli",  # evaluate, report, bench
+    "fbrs.studies.cli",  # study
     "fbrs.training.cli",  # train, pack-data
     "fbrs.app.cli",  # app
     "fbrs.serve.cli",  # serve label-studio, serve cvat

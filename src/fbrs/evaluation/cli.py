@@ -106,10 +106,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--out", type=Path, default=Path("benchmarks/RESULTS.md"), help="Markdown; JSON beside it")
     bench.set_defaults(handler=_bench)
 
-    from fbrs.evaluation.study import add_study_parser
-
-    add_study_parser(subparsers)  # fbrs study NAME: the paper's experiments (issue 19)
-
 
 def _evaluate(args: argparse.Namespace) -> int:
     import torch
