@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,26 @@ from fbrs.errors import InvalidImageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ImageIdentity:
+    """Which image a predictor state belongs to: the (H, W, 3) shape and a CRC-32 of the pixels.
+
+    CRC-32, not a cryptographic hash: it only has to tell a state of another image from one of this image
+    (a mistake, not an attack), and it is the cheapest full-pixel digest at hand (about 3x faster than
+    BLAKE2b: ~15 ms for a 12-megapixel image on one core, ~0.3 ms for 640x480)."""
+
+    shape: tuple[int, ...]
+    crc32: int
+
+    @classmethod
+    def of(cls, image: np.ndarray) -> ImageIdentity:
+        """The identity of an (H, W, 3) uint8 image (as `as_rgb_uint8` returns it)."""
+        return cls(tuple(image.shape), zlib.crc32(np.ascontiguousarray(image).data))
+
+    def __str__(self) -> str:
+        return f"{'x'.join(map(str, self.shape))} image, CRC-32 {self.crc32:08x}"
 
 
 def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
