@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from fbrs.evaluation.robot import RobotClick
+from fbrs.inference.clicks import Click
 from fbrs.io_utils import atomic_path
 
 
@@ -65,7 +65,7 @@ def plot_miou_vs_clicks(summary: dict[str, Any], path: str | os.PathLike) -> Pat
 
 def draw_gallery(tiles: list[dict[str, Any]], path: str | os.PathLike, title: str = "", columns: int = 3) -> Path:
     """A grid of samples. Each tile: {"image": (H,W,3) uint8, "mask": (H,W) bool prediction,
-    "gt": (H,W) bool, "clicks": [RobotClick], "caption": str}. Prediction tinted blue, ground-truth
+    "gt": (H,W) bool, "clicks": [Click], "caption": str}. Prediction tinted blue, ground-truth
     outline yellow, positive clicks green, negative red."""
     plt = _pyplot()
     rows = max(1, math.ceil(len(tiles) / columns))
@@ -76,7 +76,7 @@ def draw_gallery(tiles: list[dict[str, Any]], path: str | os.PathLike, title: st
         axis.imshow(_overlay(tile["image"], tile["mask"], tile["gt"]))
         for click in tile["clicks"]:
             axis.scatter(
-                [click.x], [click.y], s=28, c="lime" if click.positive else "red", edgecolors="black", linewidths=0.6
+                [click.x], [click.y], s=28, c="lime" if click.is_positive else "red", edgecolors="black", linewidths=0.6
             )
         axis.set_title(tile["caption"], fontsize=8)
     if title:
@@ -122,7 +122,7 @@ def write_worst_case_galleries(run_dir: Path, datasets: dict[str, Any], context:
             for record in worst_samples(records, settings.gallery_size, settings.target_iou, settings.max_clicks):
                 index = record["index"] if names[record["index"]] == record["sample"] else names.index(record["sample"])
                 sample = dataset[index]
-                clicks = [RobotClick(y, x, bool(p)) for y, x, p in record["clicks"]]
+                clicks = [Click(y, x, bool(p)) for y, x, p in record["clicks"]]
                 saved = mask_path(run_dir, dataset_name, mode, sample.name)
                 if saved.is_file():
                     from PIL import Image

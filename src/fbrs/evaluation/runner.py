@@ -29,7 +29,8 @@ import numpy as np
 from fbrs.errors import ConfigError, FbrsError
 from fbrs.evaluation.datasets import Dataset, Sample, load_dataset
 from fbrs.evaluation.metrics import DEFAULT_MAX_CLICKS, DEFAULT_TARGET_IOU, PREDICTION_THRESHOLD, iou
-from fbrs.evaluation.robot import ClickRobot, RobotClick
+from fbrs.evaluation.robot import ClickRobot
+from fbrs.inference.clicks import Click
 from fbrs.io_utils import save_png_atomic, write_text_atomic
 
 RESULTS_DIR = "results"
@@ -118,7 +119,7 @@ class SampleResult:
 
     name: str
     index: int
-    clicks: list[RobotClick]
+    clicks: list[Click]
     ious: list[float]
     click_seconds: list[float]
     seconds: float
@@ -200,7 +201,7 @@ def _threshold(probs: Any, threshold: float, shape: tuple[int, ...]) -> np.ndarr
     return probs > threshold
 
 
-def replay_clicks(predictor: Any, image: np.ndarray, clicks: Iterable[RobotClick]) -> np.ndarray | None:
+def replay_clicks(predictor: Any, image: np.ndarray, clicks: Iterable[Click]) -> np.ndarray | None:
     """Feed recorded clicks to a fresh predictor; returns the last probabilities (H, W) (None: no clicks)."""
     predictor.set_image(image)
     probs = None

@@ -24,6 +24,12 @@ class Click:
     is_positive: bool
 
     @property
+    def positive(self) -> bool:
+        """`is_positive` under the name the protocol's results, the app's JSON and the robot's former click
+        type use (tests/test_evaluation_golden.py, a golden test, reads `click.positive`)."""
+        return self.is_positive
+
+    @property
     def coords(self) -> tuple[float, float]:
         return (self.y, self.x)
 

@@ -100,6 +100,9 @@ class InteractivePredictor:
         self._stored: np.ndarray | UpsampledMap | None = None
         self._previous: PredictorState | None = None
         self._redo: list[PredictorState] = []
+        # The state object of the current state once made (by get_state or restored by _apply), None after
+        # a change: get_state then returns that very object, so states stay identical along the history.
+        self._state: PredictorState | None = None
 
     # -- public surface ---------------------------------------------------------------------------
     def set_image(self, image: np.ndarray) -> None:
@@ -150,6 +153,7 @@ class InteractivePredictor:
             raise InvalidClickError(f"click limit reached: at most {self.max_clicks} clicks per object")
         before = self.get_state()
         self._clicks.append(click)
+        self._state = None
         try:
             with self._inference():
                 probabilities, stored = self._compute()
@@ -185,19 +189,22 @@ class InteractivePredictor:
         self._probabilities = self._stored = None
         self._previous = None
         self._redo = []
+        self._state = None
         self._reset_model()
 
     def get_state(self) -> PredictorState:
         """Everything that determines future predictions, and the undo history; `set_state` restores it
         exactly. Arrays and tensors are shared, not copied: none of them is ever modified in place."""
         self._require_image()
-        return self.state_type(
-            image=self._identity,
-            clicks=tuple(self._clicks),
-            probabilities=self._stored,
-            previous=self._previous,
-            **self._model_state(),
-        )
+        if self._state is None:
+            self._state = self.state_type(
+                image=self._identity,
+                clicks=tuple(self._clicks),
+                probabilities=self._stored,
+                previous=self._previous,
+                **self._model_state(),
+            )
+        return self._state
 
     def set_state(self, state: PredictorState | Mapping[str, Any]) -> None:
         """Go back (or forward) to `state`, from `get_state` or `predict(..., return_state=True)` on this
@@ -310,3 +317,4 @@ class InteractivePredictor:
         self._probabilities = unpack(state.probabilities)
         self._previous = state.previous
         self._restore_model_state(state)
+        self._state = state
