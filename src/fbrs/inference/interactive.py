@@ -294,7 +294,7 @@ class InteractivePredictor:
 
     def _checked_state(self, state: PredictorState | Mapping[str, Any]) -> PredictorState:
         self._require_image()
-        if not isinstance(state, self.state_type):
+        if type(state) is not self.state_type:  # a subclass's state is another predictor's
             names = self.state_type._field_names()
             if not isinstance(state, Mapping) or set(state.keys()) != set(names):
                 given = type(state).__name__ if not isinstance(state, Mapping) else sorted(state.keys())
