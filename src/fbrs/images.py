@@ -22,8 +22,8 @@ class ImageIdentity:
     """Which image a predictor state belongs to: the (H, W, 3) shape and a CRC-32 of the pixels.
 
     CRC-32, not a cryptographic hash: it only has to tell a state of another image from one of this image
-    (a mistake, not an attack), and it is the cheapest full-pixel digest at hand (about 3x faster than
-    BLAKE2b: ~15 ms for a 12-megapixel image on one core, ~0.3 ms for 640x480)."""
+    (a mistake, not an attack), and it is the fastest full-pixel digest at hand (measured: 0.2 ms for
+    640x480, 17-35 ms for 12 megapixels on one busy core; adler32 1.4x, SHA-1 2.5x, BLAKE2b 3x that)."""
 
     shape: tuple[int, ...]
     crc32: int
