@@ -57,6 +57,7 @@ def main() -> None:
     from fbrs.errors import CheckpointError
     from fbrs.evaluation.predictors import load_model_for_evaluation
     from fbrs.evaluation.robot import ClickRobot
+    from fbrs.inference.clicks import Click
 
     try:
         model, description = load_model_for_evaluation(args.model)
@@ -96,8 +97,7 @@ def main() -> None:
     for index in range(args.clicks):
         click = robot.next_click(prediction[::ROBOT_STEP, ::ROBOT_STEP])
         start = time.perf_counter()
-        # The app's API takes (x, y).
-        probabilities = session.add_click(click.x * ROBOT_STEP, click.y * ROBOT_STEP, click.positive)
+        probabilities = session.add_click(Click(click.y * ROBOT_STEP, click.x * ROBOT_STEP, click.is_positive))
         prediction = probabilities > 0.49
         iou = (prediction & mask).sum() / max(1, (prediction | mask).sum())
         print(

@@ -401,13 +401,14 @@ def test_eviction_passes_over_a_busy_session_and_never_blocks_the_store(engine, 
 
 def test_memory_estimate_counts_the_predictor_states_kept_for_undo():
     from fbrs.app.sessions import AnnotationSession
+    from fbrs.inference.clicks import Click
     from tests.test_app_helpers import tiny_engine
 
     image = np.asarray(Image.open(sample_folder_file("coffee.jpg")))
     session = AnnotationSession(image, tiny_engine())
     sizes = [session.memory_bytes()]
     for index in range(3):
-        session.add_click(CREMA["x"] + 10 * index, CREMA["y"], True)
+        session.add_click(Click(CREMA["y"], CREMA["x"] + 10 * index, True))
         sizes.append(session.memory_bytes())
     assert sizes[0] == image.nbytes and sizes == sorted(sizes) and len(set(sizes)) == 4
     session.undo()

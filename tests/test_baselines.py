@@ -230,9 +230,9 @@ def test_real_grabcut_image_with_robot_clicks(data_dir):
         prediction = np.zeros(sample.mask.shape, bool)
         for _ in range(3):
             click = robot.next_click(prediction)
-            scores = predictor.add_click(click.y, click.x, click.positive)
+            scores = predictor.add_click(click.y, click.x, click.is_positive)
             assert scores.shape == sample.mask.shape
-            assert scores[click.y, click.x] == (1.0 if click.positive else 0.0)
+            assert scores[click.y, click.x] == (1.0 if click.is_positive else 0.0)
             prediction = scores > 0.49
         # Better than the trivial answers (nothing, everything): the clicks did find the object.
         everything = np.ones_like(prediction)

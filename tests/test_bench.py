@@ -33,7 +33,7 @@ def test_the_robot_click_sequence_starts_inside_the_object(tiny_model):
     clicks = robot_click_sequence(tiny_model, image, mask, clicks=3)
     assert len(clicks) == 3
     first = clicks[0]
-    assert first.positive and mask[int(first.y), int(first.x)]
+    assert first.is_positive and mask[int(first.y), int(first.x)]
     assert all(0 <= click.y < 64 and 0 <= click.x < 64 for click in clicks)
     np.testing.assert_array_equal(clicks, robot_click_sequence(tiny_model, image, mask, clicks=3))
 

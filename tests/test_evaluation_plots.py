@@ -20,14 +20,14 @@ import matplotlib
 matplotlib.use("svg")  # the user's choice, before fbrs is imported
 import fbrs.evaluation.plots as plots
 import fbrs.evaluation.reports, fbrs.studies.paper  # noqa: F401
-from fbrs.evaluation.robot import RobotClick
+from fbrs.inference.clicks import Click
 summary = {"datasets": ["d"], "max_clicks": 3,
            "results": [{"dataset": "d", "mode": "NoBRS", "miou_per_click": [0.5, 0.7, 0.8], "oracle_miou": 0.9}]}
 plots.plot_miou_vs_clicks(summary, sys.argv[1] + "/curves.png")
 image = (plots.np.arange(20 * 30 * 3) % 255).astype("uint8").reshape(20, 30, 3)
 mask = plots.np.zeros((20, 30), bool)
 mask[5:15, 5:20] = True
-tile = {"image": image, "mask": mask, "gt": mask, "clicks": [RobotClick(10, 10, True)], "caption": "s"}
+tile = {"image": image, "mask": mask, "gt": mask, "clicks": [Click(10, 10, True)], "caption": "s"}
 plots.draw_gallery([tile], sys.argv[1] + "/gallery.png", title="t")
 print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
 """

@@ -8,6 +8,7 @@ import torch
 import fbrs
 from fbrs.app.engine import PredictionEngine, PredictorSettings
 from fbrs.app.sessions import AnnotationSession
+from fbrs.inference.clicks import Click
 from fbrs.inference.packed import UpsampledMap, unpack, upsample_into
 
 
@@ -61,8 +62,9 @@ def test_predictor_history_is_packed_after_zoom_in_and_undo_is_exact(tiny_model)
 
 def test_session_keeps_only_the_current_map_and_restores_the_others_exactly(tiny_model):
     session = AnnotationSession(canvas(), PredictionEngine(tiny_model), settings=PredictorSettings(mode="f-BRS-B"))
-    maps = [session.add_click(x, y, positive).copy() for y, x, positive in CLICKS]
-    assert [step.probabilities is None for step in session._steps] == [True, True, False]
+    maps = [session.add_click(Click(*click)).copy() for click in CLICKS]
+    # The session keeps no maps of its own: the predictor's one history holds them (packed, as above).
+    assert [len(state.clicks) for state in session._predictor.kept_states()] == [3, 2, 1, 0]
     session.undo()
     np.testing.assert_array_equal(session.probabilities, maps[1])
     session.undo()

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from fbrs.evaluation.metrics import iou
-from fbrs.evaluation.robot import ClickRobot, RobotClick
+from fbrs.evaluation.robot import ClickRobot
+from fbrs.inference.clicks import Click
 
 CASES = ("astronaut", "coffee", "horse_with_ignore")
 
@@ -24,7 +25,7 @@ def test_robot_clicks_match_original_clicker(clicker_golden, case):
     labels = clicker_golden[f"{case}__gt"]
     robot = ClickRobot.from_labels(labels)
     clicks = [robot.next_click(pred) for pred in clicker_golden[f"{case}__pred_masks"]]
-    expected = [RobotClick(int(y), int(x), bool(p)) for p, y, x in clicker_golden[f"{case}__clicks"]]
+    expected = [Click(int(y), int(x), bool(p)) for p, y, x in clicker_golden[f"{case}__clicks"]]
     assert clicks == expected
     assert robot.clicks == expected
 
@@ -39,10 +40,10 @@ def test_iou_matches_original_get_iou(clicker_golden, case):
 def test_repeated_empty_prediction_moves_to_the_next_unclicked_pixel(clicker_golden):
     # The original started from an initial click +(100, 150) and then got three empty predictions.
     robot = ClickRobot.from_labels(clicker_golden["coffee__gt"])
-    robot.add_click(RobotClick(100, 150, True))
+    robot.add_click(Click(100, 150, True))
     empty = np.zeros_like(clicker_golden["coffee__gt"], dtype=bool)
     clicks = [robot.next_click(empty) for _ in range(3)]
-    expected = [RobotClick(int(y), int(x), bool(p)) for p, y, x in clicker_golden["coffee_repeat_empty_pred__clicks"]]
+    expected = [Click(int(y), int(x), bool(p)) for p, y, x in clicker_golden["coffee_repeat_empty_pred__clicks"]]
     assert clicks == expected
 
 
@@ -56,14 +57,14 @@ def test_perfect_prediction_gives_negative_click_at_origin():
     gt = np.zeros((6, 7), bool)
     gt[2:5, 3:6] = True
     robot = ClickRobot(gt)
-    assert robot.next_click(gt) == RobotClick(0, 0, False)
+    assert robot.next_click(gt) == Click(0, 0, False)
 
 
 def test_first_click_is_the_centre_of_a_square_object_and_positive():
     gt = np.zeros((21, 21), bool)
     gt[5:16, 5:16] = True  # 11x11 square centred at (10, 10)
     click = ClickRobot(gt).next_click(np.zeros_like(gt))
-    assert click == RobotClick(10, 10, True)
+    assert click == Click(10, 10, True)
 
 
 def test_ignored_pixels_never_receive_clicks():
@@ -75,7 +76,7 @@ def test_ignored_pixels_never_receive_clicks():
     for _ in range(10):
         click = robot.next_click(np.zeros_like(gt))
         assert not ignore[click.y, click.x]
-        assert gt[click.y, click.x] and click.positive
+        assert gt[click.y, click.x] and click.is_positive
 
 
 def test_shape_mismatch_is_reported():

@@ -27,3 +27,7 @@ class ConfigError(FbrsError, ValueError):
 
 class MissingDependencyError(FbrsError, ImportError):
     """An optional dependency is not installed; the message names the extra to install (e.g. fbrs[onnx])."""
+
+
+class InvalidStateError(FbrsError, ValueError):
+    """A predictor state that is not this predictor's, or was made on another image than the current one."""

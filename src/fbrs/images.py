@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,26 @@ from fbrs.errors import InvalidImageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ImageIdentity:
+    """Which image a predictor state belongs to: the (H, W, 3) shape and a CRC-32 of the pixels.
+
+    CRC-32, not a cryptographic hash: it only has to tell a state of another image from one of this image
+    (a mistake, not an attack), and it is the fastest full-pixel digest at hand (measured: 0.2 ms for
+    640x480, 17-35 ms for 12 megapixels on one busy core; adler32 1.4x, SHA-1 2.5x, BLAKE2b 3x that)."""
+
+    shape: tuple[int, ...]
+    crc32: int
+
+    @classmethod
+    def of(cls, image: np.ndarray) -> ImageIdentity:
+        """The identity of an (H, W, 3) uint8 image (as `as_rgb_uint8` returns it)."""
+        return cls(tuple(image.shape), zlib.crc32(np.ascontiguousarray(image).data))
+
+    def __str__(self) -> str:
+        return f"{'x'.join(map(str, self.shape))} image, CRC-32 {self.crc32:08x}"
 
 
 def as_rgb_uint8(image: np.ndarray) -> np.ndarray:

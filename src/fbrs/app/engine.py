@@ -1,8 +1,9 @@
 """The app's only door into the library: which predictor modes exist and how one is built.
 
 The app never knows how a mode refines a prediction; it asks `PredictionEngine.create(settings)` for an
-object with the library's predictor interface (`set_image`, `add_click(y, x, positive) -> probs`,
-`undo`, `reset`, optionally `get_state/set_state`) and calls it with (y, x).
+object with the library's predictor interface (an `fbrs.inference.interactive.InteractivePredictor`, or any
+object with `set_image`, `add_click(y, x, positive) -> probs`, `undo`, `reset`, which the session wraps in
+the same undo / redo history) and calls it with (y, x).
 """
 
 from __future__ import annotations

@@ -1,18 +1,19 @@
 """Annotation sessions: one image, its finished objects, and a warm predictor for the current object.
 
-A session takes clicks in (x, y) image pixel coordinates (as the HTTP API and the UI do) and converts
-them to the library's (y, x) here, in `_predict_click`, and nowhere else. Every public method takes the
-session's lock, so requests for one session run in order; the server calls them from worker threads.
+A session takes the library's `Click` (y, x): the HTTP layer (fbrs.app.validation) parses the API's
+(x, y) JSON into it once. The current object's clicks, maps and undo / redo are its predictor's one history
+(fbrs.inference.interactive); a predictor from an engine's own factory without it is wrapped in
+`_ReplayedPredictor`. Every public method takes the session's lock, so requests for one session run in
+order; the server calls them from worker threads.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,31 +22,13 @@ from fbrs.app.engine import PredictionEngine, PredictorSettings
 from fbrs.app.errors import AnnotationConflictError, ModeUnavailableError
 from fbrs.app.export import ImageAnnotation, SavedObject, color_hex, instance_id_map
 from fbrs.app.labels import LabelSet
-from fbrs.app.validation import MAX_CLICKS_PER_OBJECT, parse_bool, parse_coordinate
-from fbrs.errors import ConfigError, InvalidClickError
+from fbrs.app.validation import MAX_CLICKS_PER_OBJECT, click_from_json, click_to_json
+from fbrs.errors import ConfigError
 from fbrs.images import as_rgb_uint8
+from fbrs.inference.clicks import Click, validate_click
+from fbrs.inference.interactive import InteractivePredictor
 
-__all__ = ["MAX_CLICKS_PER_OBJECT", "AnnotationSession", "AppClick"]
-
-
-@dataclass(frozen=True)
-class AppClick:
-    """A click as the app sees it: x = column, y = row, full-resolution image pixels."""
-
-    x: float
-    y: float
-    positive: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"x": self.x, "y": self.y, "positive": self.positive}
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> AppClick:
-        """{"x", "y", "positive"} with finite numbers and a real boolean; else InvalidClickError."""
-        if not isinstance(values, dict) or not {"x", "y", "positive"} <= values.keys():
-            raise InvalidClickError(f"a click needs numeric 'x', 'y' and boolean 'positive', got {values!r}")
-        return cls(parse_coordinate(values["x"], "x"), parse_coordinate(values["y"], "y"),
-                   parse_bool(values["positive"], "positive"))
+__all__ = ["MAX_CLICKS_PER_OBJECT", "AnnotationSession"]
 
 
 def _buffer_bytes(value: Any, seen: set[int], depth: int = 0) -> int:
@@ -81,17 +64,54 @@ def _buffer_bytes(value: Any, seen: set[int], depth: int = 0) -> int:
     return 0
 
 
-@dataclass
-class _Step:
-    """What one click left behind, so undo and redo restore it without recomputing.
+class _ReplayedPredictor(InteractivePredictor):
+    """The one history around a predictor that has only set_image / add_click(y, x, positive) -> (H, W)
+    map / undo / reset (a PredictionEngine factory's own): its states keep each click's map, and the wrapped
+    predictor follows by its own undo (one click back), one add_click (redo) or, for any other jump, a
+    reset and a replay of the clicks."""
 
-    `probabilities` is kept only while the step is the current one when the predictor can give it back
-    from `predictor_state` (the library's predictors store it packed: a 12-megapixel map would otherwise
-    cost 48 MB per click); otherwise (baselines without state) it is always kept."""
+    def __init__(self, inner: Any) -> None:
+        super().__init__()
+        self.inner = inner
+        self._followed: list[Click] = []  # the clicks the wrapped predictor holds now
 
-    click: AppClick
-    probabilities: np.ndarray | None
-    predictor_state: Any
+    def _load_image(self, image: np.ndarray) -> None:
+        self.inner.set_image(image)
+        self._followed = []
+
+    def _compute(self) -> tuple[np.ndarray, None]:
+        self._follow(self._clicks[:-1])
+        click = self._clicks[-1]
+        # A copy: the history keeps it read-only, and the wrapped predictor may reuse its own array.
+        probabilities = np.array(self.inner.add_click(click.y, click.x, click.is_positive), dtype=np.float32)
+        self._followed.append(click)
+        if probabilities.shape != self.image_size:
+            raise RuntimeError(
+                f"predictor returned probabilities of shape {probabilities.shape}, expected {self.image_size}"
+            )
+        return probabilities, None
+
+    def _restore_model_state(self, state: Any) -> None:
+        self._follow(list(state.clicks))
+
+    def _reset_model(self) -> None:
+        self.inner.reset()
+        self._followed = []
+
+    def _follow(self, clicks: list[Click]) -> None:
+        followed = self._followed
+        if clicks == followed:
+            return
+        if clicks == followed[:-1]:
+            self.inner.undo()
+            followed.pop()
+            return
+        if clicks[:-1] != followed:
+            self.inner.reset()
+            followed.clear()
+        for click in clicks[len(followed):]:
+            self.inner.add_click(click.y, click.x, click.is_positive)
+            followed.append(click)
 
 
 class AnnotationSession:
@@ -125,9 +145,7 @@ class AnnotationSession:
         self.closed = False  # set (under the lock) once the store has evicted the session: callers retry
         self.pins = 0  # requests using the session now (SessionStore.checkout); a pinned session stays live
         self._memory_estimate: tuple[tuple[int, int], int] | None = None
-        self._steps: list[_Step] = []
-        self._redo: list[_Step] = []
-        self._predictor: Any = None
+        self._predictor: InteractivePredictor | None = None  # holds the current object's clicks and history
         self._predictor_settings: PredictorSettings | None = None
         if saved is not None:
             self._restore(saved)
@@ -135,49 +153,46 @@ class AnnotationSession:
     # ------------------------------------------------------------------------------------ properties
 
     @property
-    def clicks(self) -> list[AppClick]:
-        return [step.click for step in self._steps]
+    def clicks(self) -> list[Click]:
+        """The current object's clicks, oldest first."""
+        return [] if self._predictor is None else self._predictor.clicks
 
     @property
     def probabilities(self) -> np.ndarray | None:
-        """(H, W) float32 probabilities of the current object, None before its first click."""
-        return self._steps[-1].probabilities if self._steps else None
+        """(H, W) float32 probabilities of the current object (read-only), None before its first click."""
+        return None if self._predictor is None else self._predictor.probabilities
 
-    def _push_step(self, step: _Step) -> None:
-        """Make `step` the current one; the previous step's map is dropped when its state restores it."""
-        if self._steps:
-            self._drop_probabilities(self._steps[-1])
-        self._steps.append(step)
+    @property
+    def can_undo(self) -> bool:
+        return self._predictor is not None and self._predictor.can_undo
 
-    def _drop_probabilities(self, step: _Step) -> None:
-        if step.predictor_state is not None and hasattr(self._predictor, "probabilities"):
-            step.probabilities = None
-
-    def _restore_step(self, step: _Step) -> None:
-        """Put the predictor back into `step`'s state and make sure the step has its map (model lock held)."""
-        self._predictor.set_state(step.predictor_state)
-        if step.probabilities is None:
-            step.probabilities = np.asarray(self._predictor.probabilities, dtype=np.float32)
+    @property
+    def can_redo(self) -> bool:
+        return self._predictor is not None and self._predictor.can_redo
 
     def memory_bytes(self) -> int:
         """What the session holds in memory, roughly: the image (twice once a predictor has a copy), the
-        upload's bytes, the finished masks, the kept probability maps and the predictor states kept for
-        undo / redo (their arrays and tensors, each buffer counted once: mostly the f-BRS feature cache of
-        each click's crop, ~10 MB per click whatever the image size). Cached per version.
+        upload's bytes, the finished masks, the current map and the predictor states kept for undo / redo
+        (their arrays and tensors, each buffer counted once: mostly the f-BRS feature cache of each click's
+        crop, ~10 MB per click whatever the image size). Cached per version.
 
         Lock-free on purpose: the store asks while holding its own lock, and must not wait for a session
-        that is busy predicting. The lists are copied before they are walked and states are never changed
-        in place, so a concurrent click makes the estimate one click stale, nothing worse."""
-        key = (self.version, id(self._predictor))
+        that is busy predicting. States are never changed in place, so a concurrent click makes the
+        estimate one click stale, nothing worse."""
+        predictor = self._predictor
+        key = (self.version, id(predictor))
         cached = self._memory_estimate
         if cached is not None and cached[0] == key:
             return cached[1]
         seen: set[int] = set()
-        steps = list(self._steps) + list(self._redo)
-        total = self.image.nbytes * (2 if self._predictor is not None else 1) + len(self.source or b"")
+        total = self.image.nbytes * (2 if predictor is not None else 1) + len(self.source or b"")
         total += sum(_buffer_bytes(item.mask, seen) for item in list(self.objects))
-        total += sum(_buffer_bytes(step.probabilities, seen) + _buffer_bytes(step.predictor_state, seen)
-                     for step in steps)
+        if predictor is not None:
+            total += _buffer_bytes(predictor.probabilities, seen)
+            for state in predictor.kept_states():
+                # `previous` is walked by kept_states itself, not by _buffer_bytes (whose depth is bounded).
+                total += sum(_buffer_bytes(getattr(state, field.name), seen)
+                             for field in dataclasses.fields(state) if field.name != "previous")
         self._memory_estimate = (key, total)
         return total
 
@@ -186,14 +201,15 @@ class AnnotationSession:
 
     def current_mask(self) -> np.ndarray:
         """(H, W) bool mask of the current object (probabilities > threshold); empty before a click."""
-        if not self._steps:
+        probabilities = self.probabilities
+        if probabilities is None:
             return np.zeros((self.height, self.width), dtype=bool)
-        return self._steps[-1].probabilities > self.settings.prob_threshold
+        return probabilities > self.settings.prob_threshold
 
     def label_map(self, include_current: bool = False) -> np.ndarray:
         """(H, W) uint8/uint16 instance ids of the finished objects (and the current one, on top)."""
         objects = [(item.object_id, item.mask) for item in self.objects]
-        if include_current and self._steps:
+        if include_current and self.clicks:
             objects.append((self.next_object_id(), self.current_mask()))
         return instance_id_map((self.height, self.width), objects)
 
@@ -205,47 +221,25 @@ class AnnotationSession:
 
     # ---------------------------------------------------------------------------------- predictions
 
-    def _ensure_predictor(self) -> Any:
+    def _ensure_predictor(self) -> InteractivePredictor:
         if self._predictor is None or self._predictor_settings != self.settings:
             predictor = self.engine.create(self.settings)
+            if not isinstance(predictor, InteractivePredictor):
+                predictor = _ReplayedPredictor(predictor)
             predictor.set_image(self.image)
             self._predictor, self._predictor_settings = predictor, self.settings
         return self._predictor
 
-    def _predict_click(self, click: AppClick) -> _Step:
+    def _predict_click(self, click: Click) -> np.ndarray:
         predictor = self._ensure_predictor()
         with self.engine.model_lock:
-            # The one place where the app's (x, y) becomes the library's (y, x).
-            probabilities = predictor.add_click(click.y, click.x, click.positive)
-            state = predictor.get_state() if hasattr(predictor, "get_state") else None
-        probabilities = np.asarray(probabilities, dtype=np.float32)
-        if probabilities.shape != (self.height, self.width):
-            raise RuntimeError(
-                f"predictor returned probabilities of shape {probabilities.shape}, "
-                f"expected {(self.height, self.width)}"
-            )
-        return _Step(click, probabilities, state)
+            return predictor.add_click(click.y, click.x, click.is_positive)
 
-    def _validate_click(self, click: AppClick) -> None:
-        if not (math.isfinite(click.x) and math.isfinite(click.y)):
-            raise InvalidClickError(f"click (x={click.x}, y={click.y}) has non-finite coordinates")
-        if not (0 <= click.x < self.width and 0 <= click.y < self.height):
-            raise InvalidClickError(
-                f"click (x={click.x:g}, y={click.y:g}) is outside the image "
-                f"(width {self.width}, height {self.height}; x in [0, {self.width}), y in [0, {self.height}))"
-            )
-        if len(self._steps) >= MAX_CLICKS_PER_OBJECT:
-            raise AnnotationConflictError(
-                f"an object takes at most {MAX_CLICKS_PER_OBJECT} clicks; finish it or reset it"
-            )
-
-    def _replay(self, clicks: list[AppClick]) -> None:
-        """Rebuild the current object from scratch with the current settings."""
-        self._steps, self._redo = [], []
-        if self._predictor is not None and self._predictor_settings == self.settings:
-            self._predictor.reset()
+    def _replay(self, clicks: list[Click]) -> None:
+        """Rebuild the current object from scratch with the current settings (the redo stack is dropped)."""
+        self._ensure_predictor().reset()
         for click in clicks:
-            self._push_step(self._predict_click(click))
+            self._predict_click(click)
 
     def _timed(self, action: Callable[[], Any]) -> Any:
         started = time.perf_counter()
@@ -258,21 +252,22 @@ class AnnotationSession:
 
     # ------------------------------------------------------------------------------------- actions
 
-    def add_click(self, x: float, y: float, positive: bool, label: str | None = None) -> np.ndarray:
-        """Add a click at column x, row y (and label the current object `label`, one of the project's).
-        Returns the current object's (H, W) float32 probabilities."""
+    def add_click(self, click: Click, label: str | None = None) -> np.ndarray:
+        """Add a click (the library's Click: y = row, x = column) and label the current object `label`, one
+        of the project's. Returns the current object's (H, W) float32 probabilities (read-only)."""
         with self.lock:
-            click = AppClick(float(x), float(y), bool(positive))
             if label is not None:
                 label = self.labels.require(label)
-            self._validate_click(click)
-            step = self._timed(lambda: self._predict_click(click))
-            self._push_step(step)
-            self._redo.clear()
+            click = validate_click(click, (self.height, self.width))
+            if len(self.clicks) >= MAX_CLICKS_PER_OBJECT:
+                raise AnnotationConflictError(
+                    f"an object takes at most {MAX_CLICKS_PER_OBJECT} clicks; finish it or reset it"
+                )
+            probabilities = self._timed(lambda: self._predict_click(click))
             if label is not None:
                 self.label = label
             self._changed()
-            return step.probabilities
+            return probabilities
 
     def set_label(self, label: str) -> None:
         """Label the current object (and the next ones, until changed) with one of the project's labels."""
@@ -297,51 +292,34 @@ class AnnotationSession:
     def undo(self) -> None:
         """Remove the current object's last click (exactly back to the state before it)."""
         with self.lock:
-            if not self._steps:
+            if not self.can_undo:
                 raise AnnotationConflictError("nothing to undo: the current object has no clicks")
-            started = time.perf_counter()
-            undone = self._steps.pop()
-            self._drop_probabilities(undone)
-            self._redo.append(undone)
-            if self._predictor is not None:
-                with self.engine.model_lock:
-                    if self._steps and self._steps[-1].predictor_state is not None:
-                        self._restore_step(self._steps[-1])
-                    elif self._steps:
-                        self._predictor.undo()
-                    else:
-                        self._predictor.reset()
-            self.last_latency_ms = (time.perf_counter() - started) * 1000.0
+            self._timed(lambda: self._in_model_lock(self._predictor.undo))
             self._changed()
 
     def redo(self) -> None:
         """Re-apply the last undone click."""
         with self.lock:
-            if not self._redo:
+            if not self.can_redo:
                 raise AnnotationConflictError("nothing to redo")
-            step = self._redo.pop()
-            if step.predictor_state is not None and self._predictor is not None:
-                started = time.perf_counter()
-                with self.engine.model_lock:
-                    self._restore_step(step)
-                self.last_latency_ms = (time.perf_counter() - started) * 1000.0
-            else:
-                step = self._timed(lambda: self._predict_click(step.click))
-            self._push_step(step)
+            self._timed(lambda: self._in_model_lock(self._predictor.redo))
             self._changed()
 
     def reset_object(self) -> None:
         """Drop every click of the current object (finished objects stay)."""
         with self.lock:
-            self._steps, self._redo = [], []
             if self._predictor is not None:
                 self._predictor.reset()
             self._changed()
 
+    def _in_model_lock(self, action: Callable[[], Any]) -> Any:
+        with self.engine.model_lock:
+            return action()
+
     def finish_object(self) -> int:
         """Store the current mask as a finished object and start the next one; returns its id."""
         with self.lock:
-            if not self._steps:
+            if not self.clicks:
                 raise AnnotationConflictError("nothing to finish: the current object has no clicks")
             mask = self.current_mask()
             if not mask.any():
@@ -352,7 +330,7 @@ class AnnotationSession:
             object_id = self.next_object_id()
             self.done = False  # the saved files lack this object until the next save
             self.objects.append(
-                SavedObject(object_id, mask, [click.to_dict() for click in self.clicks], self.settings.to_dict(),
+                SavedObject(object_id, mask, [click_to_json(click) for click in self.clicks], self.settings.to_dict(),
                             self.label)
             )
             self.reset_object()
@@ -376,10 +354,12 @@ class AnnotationSession:
             # The threshold also steers BRS (its early exits), so any change replays the clicks: the
             # object then is exactly "these clicks with these settings", as the click log records it.
             rebuild = settings != self.settings
+            clicks = self.clicks
             self.settings = settings
-            if rebuild and self._steps:
-                clicks = self.clicks
+            if rebuild and clicks:
                 self._timed(lambda: self._replay(clicks))
+            elif rebuild:
+                self._predictor = None  # built for the next click; its redo stack belonged to the old settings
             self._changed()
 
     def mark_done(self, done: bool = True) -> None:
@@ -395,7 +375,7 @@ class AnnotationSession:
                 width=self.width,
                 height=self.height,
                 objects=list(self.objects),
-                current_clicks=[click.to_dict() for click in self.clicks],
+                current_clicks=[click_to_json(click) for click in self.clicks],
                 current_settings=self.settings.to_dict(),
                 done=self.done,
                 current_label=self.label,
@@ -418,7 +398,8 @@ class AnnotationSession:
             except ModeUnavailableError:
                 pass  # saved with a mode this app cannot run (e.g. no model now): resume with the default
         if saved.current_clicks:
-            clicks = [AppClick.from_dict(values) for values in saved.current_clicks]
+            clicks = [click_from_json(values, f"saved click {index}")
+                      for index, values in enumerate(saved.current_clicks)]
             self._timed(lambda: self._replay(clicks))
         self.done = saved.done
 
@@ -429,7 +410,7 @@ class AnnotationSession:
         with self.lock:
             labels = self.label_map(include_current=True)
             colors = {item.object_id: self.color_of(item.object_id, item.label) for item in self.objects}
-            if self._steps:
+            if self.clicks:
                 colors[self.next_object_id()] = self.color_of(self.next_object_id(), self.label)
         # An object may have no visible pixel (empty mask, or covered by later ones): size by ids too.
         palette = np.zeros((max([int(labels.max(initial=0)), *colors]) + 1, 4), dtype=np.uint8)
@@ -448,9 +429,9 @@ class AnnotationSession:
                 "height": self.height,
                 "version": self.version,
                 "settings": self.settings.to_dict(),
-                "clicks": [click.to_dict() for click in self.clicks],
-                "can_undo": bool(self._steps),
-                "can_redo": bool(self._redo),
+                "clicks": [click_to_json(click) for click in self.clicks],
+                "can_undo": self.can_undo,
+                "can_redo": self.can_redo,
                 "current_object": {
                     "id": self.next_object_id(),
                     "color": self.color_of(self.next_object_id(), self.label),

@@ -4,6 +4,11 @@ Every value a client sends passes through here: JSON bodies as pydantic models (
 the multipart `clicks` of /api/predict and the `object` query as functions that raise the package's
 errors (400 / 413). Limits that cost nothing to check (how many clicks, how large an id) come first, so
 a hostile request is refused before it decodes an image or runs a prediction.
+
+Clicks arrive (and are saved) as {"x": column, "y": row, "positive"} JSON; `click_from_json` and
+`ClickRequest.to_click` turn them into the library's `Click` (y, x) here and nowhere else, and
+`click_to_json` turns them back. Whether a click lies inside the image is the library's one check,
+`fbrs.inference.clicks.validate_click`.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pydantic import BaseModel, Field
 
 from fbrs.app.errors import PayloadTooLargeError
 from fbrs.errors import ConfigError, InvalidClickError
+from fbrs.inference.clicks import Click
 
 MAX_CLICKS_PER_OBJECT = 100
 MAX_OBJECT_ID = 65535  # the instance PNG is uint16
@@ -36,6 +42,10 @@ class ClickRequest(BaseModel):
     positive: bool = Field(True, description="true = object, false = background")
     label: str | None = Field(None, max_length=64,
                               description="label the current object with one of the project's labels (GET /api/info)")
+
+    def to_click(self) -> Click:
+        """The library's Click: (x, y) becomes (y, x)."""
+        return Click(y=self.y, x=self.x, is_positive=self.positive)
 
 
 class LabelRequest(BaseModel):
@@ -76,8 +86,27 @@ def parse_coordinate(value: Any, what: str) -> float:
     return number
 
 
-def parse_clicks(text: str, max_clicks: int = MAX_CLICKS_PER_OBJECT) -> list[tuple[float, float, bool]]:
-    """The `clicks` form field of /api/predict -> [(x, y, positive)], all checked before any is used."""
+def click_from_json(item: Any, what: str = "click", default_positive: bool | None = None) -> Click:
+    """{"x": column, "y": row, "positive": bool} -> the library's Click (y, x); numbers must be finite and
+    `positive` a real boolean (or missing, when `default_positive` is given). InvalidClickError otherwise,
+    its message starting with `what`."""
+    if not isinstance(item, dict) or "x" not in item or "y" not in item or (
+        default_positive is None and "positive" not in item
+    ):
+        raise InvalidClickError(f"{what}: a click needs numeric 'x', 'y' and boolean 'positive', got {_short(item)}")
+    x = parse_coordinate(item["x"], f"{what}: x")
+    y = parse_coordinate(item["y"], f"{what}: y")
+    return Click(y=y, x=x, is_positive=parse_bool(item.get("positive", default_positive), f"{what}: positive"))
+
+
+def click_to_json(click: Click) -> dict[str, Any]:
+    """The app's JSON of a click (the API's answers and the saved click logs): {"x", "y", "positive"}."""
+    return {"x": click.x, "y": click.y, "positive": click.is_positive}
+
+
+def parse_clicks(text: str, max_clicks: int = MAX_CLICKS_PER_OBJECT) -> list[Click]:
+    """The `clicks` form field of /api/predict ({x, y, positive} JSON, positive by default) -> [Click], all
+    parsed before any is used."""
     try:
         values = json.loads(text)
     except (ValueError, RecursionError) as error:
@@ -86,25 +115,7 @@ def parse_clicks(text: str, max_clicks: int = MAX_CLICKS_PER_OBJECT) -> list[tup
         raise InvalidClickError("clicks must be a non-empty JSON list of {x, y, positive}")
     if len(values) > max_clicks:
         raise PayloadTooLargeError(f"{len(values)} clicks given; an object takes at most {max_clicks}")
-    clicks = []
-    for index, item in enumerate(values):
-        if not isinstance(item, dict) or "x" not in item or "y" not in item:
-            raise InvalidClickError(
-                f"click {index}: a click needs numeric 'x', 'y' and boolean 'positive', got {_short(item)}"
-            )
-        clicks.append((parse_coordinate(item["x"], f"click {index}: x"),
-                       parse_coordinate(item["y"], f"click {index}: y"),
-                       parse_bool(item.get("positive", True), f"click {index}: positive")))
-    return clicks
-
-
-def check_clicks_inside(clicks: list[tuple[float, float, bool]], width: int, height: int) -> None:
-    for x, y, _ in clicks:
-        if not (0 <= x < width and 0 <= y < height):
-            raise InvalidClickError(
-                f"click (x={x:g}, y={y:g}) is outside the image "
-                f"(width {width}, height {height}; x in [0, {width}), y in [0, {height}))"
-            )
+    return [click_from_json(item, f"click {index}", default_positive=True) for index, item in enumerate(values)]
 
 
 def parse_object(text: str) -> str | int:

@@ -27,7 +27,8 @@ import numpy as np
 
 from fbrs.errors import ConfigError
 from fbrs.evaluation.predictors import PredictorRecipe, check_modes, load_model_for_evaluation
-from fbrs.evaluation.robot import ClickRobot, RobotClick
+from fbrs.evaluation.robot import ClickRobot
+from fbrs.inference.clicks import Click
 from fbrs.io_utils import write_text_atomic
 
 LEARNED_MODES = ("NoBRS", "RGB-BRS", "DistMap-BRS", "f-BRS-A", "f-BRS-B", "f-BRS-C")
@@ -108,7 +109,7 @@ def _forget_image(predictor: Any) -> None:
 
 def robot_click_sequence(
     model: Any, image: np.ndarray, mask: np.ndarray, clicks: int, with_flip: bool = True
-) -> list[RobotClick]:
+) -> list[Click]:
     """The robot's `clicks` clicks on `image` ((H, W, 3) uint8) against NoBRS without Zoom-In: the fixed
     click sequence that every benchmark times, so that all modes and variants see the same clicks."""
     predictor = _make_predictor("NoBRS", model, BenchSettings(with_flip=with_flip))  # torch: the reference
@@ -117,17 +118,17 @@ def robot_click_sequence(
     prediction = np.zeros_like(mask)
     for _ in range(clicks):
         click = robot.next_click(prediction)
-        prediction = predictor.add_click(click.y, click.x, click.positive) > 0.49
+        prediction = predictor.add_click(click.y, click.x, click.is_positive) > 0.49
     return list(robot.clicks)
 
 
-def _timed_sequence(predictor: Any, image: np.ndarray, clicks: list[RobotClick], synchronize) -> list[float]:
+def _timed_sequence(predictor: Any, image: np.ndarray, clicks: list[Click], synchronize) -> list[float]:
     """Seconds of each click of one sequence (set_image not included, see _timed_set_image)."""
     predictor.set_image(image)
     times = []
     for click in clicks:
         start = time.perf_counter()
-        predictor.add_click(click.y, click.x, click.positive)
+        predictor.add_click(click.y, click.x, click.is_positive)
         synchronize()
         times.append(time.perf_counter() - start)
     return times
@@ -172,16 +173,16 @@ def _peak_memory_worker(mode: str, settings_dict: dict, clicks: list[tuple], que
         torch.set_num_threads(settings.threads)
     model, _ = load_model_for_evaluation(settings.model)
     image, _ = synthetic_scene(settings.crop_size)
-    _timed_sequence(_make_predictor(mode, model, settings), image, [RobotClick(*c) for c in clicks], lambda: None)
+    _timed_sequence(_make_predictor(mode, model, settings), image, [Click(*c) for c in clicks], lambda: None)
     queue.put(process_peak_rss())
 
 
-def _cpu_peak_memory(settings: BenchSettings, mode: str, clicks: list[RobotClick]) -> int | None:
+def _cpu_peak_memory(settings: BenchSettings, mode: str, clicks: list[Click]) -> int | None:
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    arguments = (mode, asdict(settings), [tuple(c) for c in clicks], queue)
+    arguments = (mode, asdict(settings), [(c.y, c.x, c.is_positive) for c in clicks], queue)
     process = context.Process(target=_peak_memory_worker, args=arguments)
     process.start()
     try:
@@ -265,7 +266,7 @@ def run_benchmark(settings: BenchSettings, out_path: str | os.PathLike) -> dict[
         "model": model_description,
         "settings": asdict(settings),
         "modes": modes,
-        "click_sequence": [[c.y, c.x, int(c.positive)] for c in clicks],
+        "click_sequence": [[c.y, c.x, int(c.is_positive)] for c in clicks],
         "results": rows,
         "ratios": {
             "f-BRS-B / NoBRS": ratio("f-BRS-B", "NoBRS"),

@@ -17,10 +17,10 @@ import numpy as np
 
 from fbrs.evaluation.datasets import Dataset, Sample
 from fbrs.evaluation.protocol import replayed_mask
-from fbrs.evaluation.robot import RobotClick
 from fbrs.evaluation.run_folder import load_run_records, mask_path
 from fbrs.evaluation.settings import EvaluationSettings
 from fbrs.evaluation.summary import worst_samples
+from fbrs.inference.clicks import Click
 from fbrs.io_utils import atomic_path
 
 
@@ -82,7 +82,7 @@ def plot_miou_vs_clicks(summary: dict[str, Any], path: str | os.PathLike) -> Pat
 
 def draw_gallery(tiles: list[dict[str, Any]], path: str | os.PathLike, title: str = "", columns: int = 3) -> Path:
     """A grid of samples. Each tile: {"image": (H,W,3) uint8, "mask": (H,W) bool prediction,
-    "gt": (H,W) bool, "clicks": [RobotClick], "caption": str} (other keys are ignored). Prediction tinted
+    "gt": (H,W) bool, "clicks": [Click], "caption": str} (other keys are ignored). Prediction tinted
     blue, ground-truth outline yellow, positive clicks green, negative red."""
     rows = max(1, math.ceil(len(tiles) / columns))
     figure, axes = new_figure(rows, columns, (4.0 * columns, 3.2 * rows))
@@ -92,7 +92,7 @@ def draw_gallery(tiles: list[dict[str, Any]], path: str | os.PathLike, title: st
         axis.imshow(_overlay(tile["image"], tile["mask"], tile["gt"]))
         for click in tile["clicks"]:
             axis.scatter(
-                [click.x], [click.y], s=28, c="lime" if click.positive else "red", edgecolors="black", linewidths=0.6
+                [click.x], [click.y], s=28, c="lime" if click.is_positive else "red", edgecolors="black", linewidths=0.6
             )
         axis.set_title(tile["caption"], fontsize=8)
     if title:
@@ -115,7 +115,7 @@ def final_mask(
     dataset_name: str,
     mode: str,
     sample: Sample,
-    clicks: list[RobotClick],
+    clicks: list[Click],
     threshold: float,
     predictor_for: Callable[[str, str], Any],
 ) -> np.ndarray:
@@ -146,7 +146,7 @@ def worst_case_tiles(
     for record in worst_samples(records, settings.gallery_size, settings.target_iou, settings.max_clicks):
         index = record["index"] if names[record["index"]] == record["sample"] else names.index(record["sample"])
         sample = dataset[index]
-        clicks = [RobotClick(y, x, bool(p)) for y, x, p in record["clicks"]]
+        clicks = [Click(y, x, bool(p)) for y, x, p in record["clicks"]]
         mask = final_mask(run_dir, dataset.name, mode, sample, clicks, settings.pred_threshold, predictor_for)
         final_iou = record["ious"][-1] if record["ious"] else 0.0
         clicks_text = f"{len(clicks)} click" + ("s" if len(clicks) != 1 else "")

@@ -12,7 +12,8 @@ import numpy as np
 from fbrs.errors import FbrsError
 from fbrs.evaluation.datasets import Sample
 from fbrs.evaluation.metrics import DEFAULT_MAX_CLICKS, DEFAULT_TARGET_IOU, PREDICTION_THRESHOLD, iou
-from fbrs.evaluation.robot import ClickRobot, RobotClick
+from fbrs.evaluation.robot import ClickRobot
+from fbrs.inference.clicks import Click
 
 
 @dataclass
@@ -22,7 +23,7 @@ class SampleResult:
 
     name: str
     index: int
-    clicks: list[RobotClick]
+    clicks: list[Click]
     ious: list[float]
     click_seconds: list[float]
     seconds: float
@@ -34,7 +35,7 @@ class SampleResult:
         record = {
             "sample": self.name,
             "index": self.index,
-            "clicks": [[c.y, c.x, int(c.positive)] for c in self.clicks],
+            "clicks": [[c.y, c.x, int(c.is_positive)] for c in self.clicks],
             "ious": self.ious,
             "click_seconds": [round(t, 6) for t in self.click_seconds],
             "seconds": round(self.seconds, 6),
@@ -73,7 +74,7 @@ def evaluate_sample(
     for _ in range(max_clicks):
         click = robot.next_click(pred_mask)
         click_start = time.perf_counter()
-        probs = predictor.add_click(click.y, click.x, click.positive)
+        probs = predictor.add_click(click.y, click.x, click.is_positive)
         click_seconds.append(time.perf_counter() - click_start)
         pred_mask = _threshold(probs, pred_threshold, sample.mask.shape)
         value = iou(sample.mask, pred_mask, sample.ignore)
@@ -107,18 +108,18 @@ def _threshold(probs: Any, threshold: float, shape: tuple[int, ...]) -> np.ndarr
     return probs > threshold
 
 
-def replay_clicks(predictor: Any, image: np.ndarray, clicks: Iterable[RobotClick]) -> np.ndarray | None:
+def replay_clicks(predictor: Any, image: np.ndarray, clicks: Iterable[Click]) -> np.ndarray | None:
     """Feed recorded clicks ((y, x, positive)) to `predictor` on `image` ((H, W, 3) uint8; set_image forgets
     earlier clicks); returns the last probabilities (H, W) (None: no clicks)."""
     predictor.set_image(image)
     probs = None
     for click in clicks:
-        probs = predictor.add_click(click.y, click.x, click.positive)
+        probs = predictor.add_click(click.y, click.x, click.is_positive)
     return probs
 
 
 def replayed_mask(
-    predictor: Any, image: np.ndarray, clicks: Iterable[RobotClick], threshold: float = PREDICTION_THRESHOLD
+    predictor: Any, image: np.ndarray, clicks: Iterable[Click], threshold: float = PREDICTION_THRESHOLD
 ) -> np.ndarray:
     """The (H, W) bool mask that `evaluate_sample` scored after `clicks`: the replay's last probabilities
     > threshold (all False without clicks, as the protocol starts)."""

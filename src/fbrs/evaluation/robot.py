@@ -13,22 +13,15 @@ a false-positive region. Behaviour matches the original `Clicker` exactly:
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 from scipy.ndimage import distance_transform_edt
 
-
-class RobotClick(NamedTuple):
-    """A click in pixel coordinates: y = row, x = column (integers), positive = on the object."""
-
-    y: int
-    x: int
-    positive: bool
+from fbrs.inference.clicks import Click, validate_click
 
 
 class ClickRobot:
-    """Places the protocol's clicks for one ground-truth object.
+    """Places the protocol's clicks for one ground-truth object: `fbrs.inference.clicks.Click`s with integer
+    pixel coordinates (y = row, x = column).
 
     gt_mask: (H, W) bool object mask. ignore_mask: (H, W) bool pixels that never count (or None).
     """
@@ -45,7 +38,7 @@ class ClickRobot:
             raise ValueError(f"ignore_mask shape {ignore_mask.shape} differs from gt_mask {self.gt_mask.shape}")
         self.valid = ~ignore_mask
         self.not_clicked = np.ones_like(self.gt_mask)
-        self.clicks: list[RobotClick] = []
+        self.clicks: list[Click] = []
 
     @classmethod
     def from_labels(cls, labels: np.ndarray) -> ClickRobot:
@@ -53,7 +46,7 @@ class ClickRobot:
         labels = np.asarray(labels)
         return cls(labels == 1, labels == -1)
 
-    def next_click(self, pred_mask: np.ndarray) -> RobotClick:
+    def next_click(self, pred_mask: np.ndarray) -> Click:
         """Choose, record and return the next click for the current prediction (H, W) bool."""
         pred_mask = np.asarray(pred_mask, dtype=bool)
         if pred_mask.shape != self.gt_mask.shape:
@@ -68,11 +61,13 @@ class ClickRobot:
         # argmax over a bool array = the first hit in row-major order, like np.where(...)[0].
         flat_index = int(np.argmax(distance == peak))
         y, x = divmod(flat_index, distance.shape[1])
-        return self.add_click(RobotClick(y, x, positive))
+        return self.add_click(Click(y, x, positive))
 
-    def add_click(self, click: RobotClick) -> RobotClick:
-        """Record a click placed by someone else (e.g. an initial click), so it is not placed again."""
-        click = RobotClick(int(click.y), int(click.x), bool(click.positive))
+    def add_click(self, click: Click) -> Click:
+        """Record a click placed by someone else (e.g. an initial click), so it is not placed again; it is
+        checked as every click is (InvalidClickError outside the mask) and kept at its pixel (integers)."""
+        click = validate_click(click, self.gt_mask.shape)
+        click = Click(int(click.y), int(click.x), click.is_positive)
         self.clicks.append(click)
         self.not_clicked[click.y, click.x] = False
         return click

@@ -84,11 +84,11 @@ def check_output_path(path: str | os.PathLike, option: str) -> Path:
 
 
 def check_clicks_inside(clicks: list[tuple[float, float, bool]], height: int, width: int) -> None:
-    for y, x, _ in clicks:
-        if not (0 <= y < height and 0 <= x < width):
-            raise InvalidClickError(
-                f"click (y={y:g}, x={x:g}) is outside the image (height {height}, width {width})"
-            )
+    """Every (y, x, positive) click passes `validate_click` on an image of (height, width), before any work."""
+    from fbrs.inference.clicks import Click, validate_click
+
+    for y, x, positive in clicks:
+        validate_click(Click(y, x, positive), (height, width))
 
 
 def run_predict(args: argparse.Namespace) -> int:

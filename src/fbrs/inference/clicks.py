@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -13,11 +14,20 @@ from fbrs.errors import InvalidClickError
 
 @dataclass(frozen=True)
 class Click:
-    """One user click at pixel (y, x) = (row, column); coordinates may be fractional (after Zoom-In)."""
+    """One click at pixel (y, x) = (row, column), positive = on the object: the one click type of the
+    library, the evaluation robot (integer coordinates) and the app (which parses its (x, y) JSON into it
+    once, in fbrs.app.validation). Coordinates may be fractional (after Zoom-In). Constructing one checks
+    nothing; `validate_click` is the check."""
 
     y: float
     x: float
     is_positive: bool
+
+    @property
+    def positive(self) -> bool:
+        """`is_positive` under the name the protocol's results, the app's JSON and the robot's former click
+        type use (tests/test_evaluation_golden.py, a golden test, reads `click.positive`)."""
+        return self.is_positive
 
     @property
     def coords(self) -> tuple[float, float]:
@@ -30,21 +40,24 @@ class Click:
 ClickList = Sequence[Click]
 
 
-def checked_click(
-    y: object, x: object, positive: object, image_size: tuple[int, int], count: int, max_clicks: int | None
-) -> Click:
-    """The Click a predictor adds: (y, x) numbers inside an image of (height, width), at most `max_clicks`
-    per object (`count` made so far). InvalidClickError says what is wrong otherwise."""
+def validate_click(click: Click, image_size: tuple[int, int]) -> Click:
+    """The one check of a click, wherever it comes from (a predictor's add_click, the app's HTTP layer, the
+    evaluation robot, `fbrs predict`, `fbrs serve`): (y, x) numbers, finite, inside an image of
+    (height, width), 0 <= y < height and 0 <= x < width (fractional coordinates allowed).
+
+    Returns the click with float coordinates and a bool `is_positive`; InvalidClickError (with the same
+    message everywhere) otherwise."""
     height, width = image_size
+    y, x = click.y, click.x
     try:
         y, x = float(y), float(x)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise InvalidClickError(f"click coordinates must be numbers, got y={y!r}, x={x!r}") from None
+    if not (math.isfinite(y) and math.isfinite(x)):
+        raise InvalidClickError(f"click (y={y}, x={x}) has a non-finite coordinate")
     if not (0 <= y < height and 0 <= x < width):
         raise InvalidClickError(f"click (y={y:g}, x={x:g}) is outside the image (height {height}, width {width})")
-    if max_clicks is not None and count >= max_clicks:
-        raise InvalidClickError(f"click limit reached: at most {max_clicks} clicks per object")
-    return Click(y, x, bool(positive))
+    return Click(y, x, bool(click.is_positive))
 
 
 def click_sequence(points: object, labels: object) -> tuple[np.ndarray, np.ndarray]:

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import threading
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fbrs.errors import InvalidImageError
-from fbrs.images import as_rgb_uint8
 from fbrs.inference.brs.guard import GuardConfig, resolve_guard
 from fbrs.inference.brs.objective import BRSConfig, LBFGSConfig
 from fbrs.inference.brs.refiners import FeatureBRS, InputBRS, NoRefinement, Refiner
-from fbrs.inference.clicks import Click, checked_click, click_sequence, clicks_are_prefix
+from fbrs.inference.clicks import Click
+from fbrs.inference.interactive import InteractivePredictor, PredictorState
 from fbrs.inference.modes import MODES
 from fbrs.inference.normalise import normalise_tensor
-from fbrs.inference.packed import UpsampledMap, unpack, upsample_into
+from fbrs.inference.packed import UpsampledMap, upsample_into
 from fbrs.inference.zoom_in import ZoomIn, ZoomInConfig
 from fbrs.models.interactive_model import InteractiveModel
 
@@ -28,8 +31,52 @@ if TYPE_CHECKING:
 _UNSET: Any = object()
 _SAME_AS_PROBABILITIES = "same-as-probabilities"
 
+# The caller's model keeps its mode. A click runs it in eval mode (BatchNorm on its running statistics, as
+# predictions need) and gives it back as it was, each module's flag restored, instead of switching it for
+# good: a training loop that builds a Predictor to look at its model would otherwise go on training with
+# frozen BatchNorm statistics. Refusing a model in training mode was the other choice, rejected because
+# build_model() returns one and the app, the tests and the README's first example pass it straight in.
+# Predictors on several threads may share one model (fbrs serve runs different images concurrently): the
+# switch is counted per model, so the model goes back to training mode only when the last click on it ends,
+# never under another thread's prediction. A lock and a weak dictionary, empty whenever no click runs.
+_MODE_LOCK = threading.Lock()
+_EVAL_USERS: weakref.WeakKeyDictionary[torch.nn.Module, tuple[int, list[tuple[torch.nn.Module, bool]]]] = (
+    weakref.WeakKeyDictionary()
+)
 
-class Predictor:
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Run `model` in eval mode inside the block; afterwards every module has the mode it had before."""
+    with _MODE_LOCK:
+        users, modes = _EVAL_USERS.get(model, (0, []))
+        if users == 0:
+            modes = [(module, module.training) for module in model.modules() if module.training]
+            if modes:
+                model.eval()
+        _EVAL_USERS[model] = (users + 1, modes)
+    try:
+        yield
+    finally:
+        with _MODE_LOCK:
+            users, modes = _EVAL_USERS.pop(model)
+            if users > 1:
+                _EVAL_USERS[model] = (users - 1, modes)
+            else:
+                for module, training in modes:
+                    module.training = training
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class LearnedState(PredictorState):
+    """A `Predictor`'s state: `PredictorState` plus the refiner's (L-BFGS variables, cached features) and
+    Zoom-In's (crop, previous map) state dicts."""
+
+    refiner: dict[str, Any]
+    zoom_in: dict[str, Any] | None
+
+
+class Predictor(InteractivePredictor):
     """Interactive segmentation of one object at a time.
 
     >>> predictor = Predictor(model, mode="f-BRS-B")
@@ -69,7 +116,12 @@ class Predictor:
         guard: f-BRS only. None: the mode's default (off for the paper's modes, on for "-guarded");
             True / False, or a `fbrs.inference.brs.guard.GuardConfig`: damp an L-BFGS solution that flips
             many pixels far from every click relative to the network's own answer (`brs.guard`).
+
+    The model's mode is left as the caller set it: each click runs it in eval mode and restores it.
+    Undo / redo / get_state / set_state / predict: see `fbrs.inference.interactive.InteractivePredictor`.
     """
+
+    state_type = LearnedState
 
     def __init__(
         self,
@@ -93,7 +145,8 @@ class Predictor:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; available: {', '.join(MODES)}")
         spec = MODES[mode]
-        self.model = model.eval()
+        super().__init__()
+        self.model = model
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.mode = mode
         self.prob_threshold = prob_threshold
@@ -126,81 +179,32 @@ class Predictor:
             self.refiner = FeatureBRS(
                 spec.target, windowed_gradient=windowed_gradient, guard=resolve_guard(guard, spec.guard), **common
             )
-        self._image: np.ndarray | None = None
         self._image_tensor: torch.Tensor | None = None
-        self._clicks: list[Click] = []
-        self._probabilities: np.ndarray | None = None
-        self._history: list[dict[str, Any]] = []
-        # (map, how the history stores it): the map's UpsampledMap when it was resized from a smaller output.
-        self._packed: tuple[np.ndarray, np.ndarray | UpsampledMap] | None = None
 
-    # -- public surface ---------------------------------------------------------------------------
-    def set_image(self, image: np.ndarray) -> None:
-        """image: (H, W, 3) uint8 RGB; (H, W) grayscale, RGBA and 16-bit are converted, else InvalidImageError.
+    def oracle_refine(self, gt_mask: np.ndarray, ignore_mask: np.ndarray | None = None) -> np.ndarray:
+        """f-BRS oracle (paper, Appendix B): continue optimising towards the ground truth (H, W) bool mask.
 
-        Forgets all clicks."""
-        self._image = as_rgb_uint8(image)
+        Returns the (H, W) float32 probabilities; the interactive state is unchanged. f-BRS modes only."""
+        from fbrs.inference.oracle import oracle_refine
+
+        with eval_mode(self.model):
+            return oracle_refine(self, gt_mask, ignore_mask)
+
+    # -- InteractivePredictor hooks ---------------------------------------------------------------
+    def _load_image(self, image: np.ndarray) -> None:
         # (1, 3, H, W) uint8 view of the image: normalised per crop, see normalise_tensor.
-        self._image_tensor = torch.from_numpy(self._image).permute(2, 0, 1)[None].to(self.device)
+        self._image_tensor = torch.from_numpy(image).permute(2, 0, 1)[None].to(self.device)
         self._small_image = None
-        self.reset()
 
-    @property
-    def image_size(self) -> tuple[int, int]:
-        """(height, width) of the current image."""
-        self._require_image()
-        return self._image.shape[0], self._image.shape[1]
+    def _inference(self) -> Any:
+        return eval_mode(self.model)
 
-    @property
-    def clicks(self) -> list[Click]:
-        return list(self._clicks)
-
-    @property
-    def probabilities(self) -> np.ndarray | None:
-        """The last probability map (H, W) float32, or None before the first click."""
-        return self._probabilities
-
-    @property
-    def mask(self) -> np.ndarray | None:
-        """The last mask (H, W) bool = probabilities > prob_threshold, or None before the first click."""
-        return None if self._probabilities is None else self._probabilities > self.prob_threshold
-
-    def add_click(self, y: float, x: float, positive: bool) -> np.ndarray:
-        """Add a click at (y, x) = (row, column) in image pixels; returns the (H, W) float32 probabilities.
-
-        The array is read-only: the undo history shares it instead of keeping a copy per click (a
-        12-megapixel image costs 48 MB per copy). `.copy()` it to modify it."""
-        click = checked_click(y, x, positive, self.image_size, len(self._clicks), self.max_clicks)
-        self._history.append(self.get_state())
-        self._clicks.append(click)
-        probabilities, stored = self._predict()
-        self._packed = (probabilities, stored if stored is not None else probabilities)
-        probabilities.flags.writeable = False
-        self._probabilities = probabilities
-        return probabilities
-
-    def undo(self) -> np.ndarray | None:
-        """Remove the last click, restoring the exact state before it. Returns the probabilities then."""
-        if not self._history:
-            return self._probabilities
-        self.set_state(self._history.pop(), keep_history=True)
-        return self._probabilities
-
-    def reset(self) -> None:
-        """Forget all clicks of the current object (keeps the image)."""
-        self._clicks = []
-        self._probabilities = None
-        self._history = []
+    def _reset_model(self) -> None:
         self.refiner.reset()
         if self.zoom_in is not None:
             self.zoom_in.reset()
 
-    def get_state(self) -> dict[str, Any]:
-        """Everything that determines future predictions; `set_state` restores it exactly.
-
-        Arrays and tensors are shared, not copied: none of them is ever modified in place. A probability
-        map resized from a smaller network output (Zoom-In, max_image_side) is stored as that output and
-        its box, see fbrs.inference.packed."""
+    def _model_state(self) -> dict[str, Any]:
         zoom_state = None if self.zoom_in is None else self.zoom_in.get_state()
         if (
             zoom_state is not None
@@ -210,81 +214,20 @@ class Predictor:
         ):
             # Zoom-In keeps the very map the predictor returned: store it once.
             zoom_state = {**zoom_state, "previous_probs": _SAME_AS_PROBABILITIES}
-        return {
-            "clicks": list(self._clicks),
-            "probabilities": self._packed_probabilities(),
-            "refiner": self.refiner.get_state(),
-            "zoom_in": zoom_state,
-            "history_length": len(self._history),
-        }
+        return {"refiner": self.refiner.get_state(), "zoom_in": zoom_state}
 
-    def set_state(self, state: dict[str, Any], keep_history: bool = False) -> None:
-        self._require_image()
-        self._clicks = list(state["clicks"])
-        self._probabilities = unpack(state["probabilities"])
-        self._packed = None if self._probabilities is None else (self._probabilities, state["probabilities"])
-        self.refiner.set_state(state["refiner"])
-        if self.zoom_in is not None and state["zoom_in"] is not None:
-            zoom_state = state["zoom_in"]
+    def _restore_model_state(self, state: LearnedState) -> None:
+        self.refiner.set_state(state.refiner)
+        if self.zoom_in is not None and state.zoom_in is not None:
+            zoom_state = state.zoom_in
             if isinstance(zoom_state["previous_probs"], str):  # _SAME_AS_PROBABILITIES
                 zoom_state = {**zoom_state, "previous_probs": self._probabilities}
             self.zoom_in.set_state(zoom_state)
         elif self.zoom_in is not None:
             self.zoom_in.reset()
-        if not keep_history:
-            self._history = self._history[: state.get("history_length", 0)]
 
-    def predict(
-        self,
-        points: np.ndarray | Sequence[Sequence[float]],
-        labels: np.ndarray | Sequence[int | bool],
-        prev_state: dict[str, Any] | None = None,
-        return_state: bool = False,
-    ):
-        """Stateless prediction for a whole click sequence.
-
-        points: (N, 2) (y, x) in image pixels, in click order; labels: (N,) 1/True positive, 0/False negative.
-        prev_state: a state from `get_state()`/an earlier `predict(..., return_state=True)` whose clicks are
-        a prefix of `points`: only the new clicks are computed. The predictor's own state is unchanged.
-        Returns the (H, W) float32 probabilities, or (probabilities, state) with return_state.
-        """
-        points, labels = click_sequence(points, labels)
-        saved = self.get_state()
-        saved_history = list(self._history)
-        try:
-            start = 0
-            if prev_state is not None and clicks_are_prefix(prev_state["clicks"], points, labels):
-                self.set_state(prev_state)
-                start = len(prev_state["clicks"])
-            else:
-                self.reset()
-            for (y, x), label in zip(points[start:], labels[start:], strict=True):
-                self.add_click(y, x, bool(label))
-            result = self._probabilities
-            state = self.get_state()
-        finally:
-            self.set_state(saved, keep_history=True)
-            self._history = saved_history
-        return (result, state) if return_state else result
-
-    def oracle_refine(self, gt_mask: np.ndarray, ignore_mask: np.ndarray | None = None) -> np.ndarray:
-        """f-BRS oracle (paper, Appendix B): continue optimising towards the ground truth (H, W) bool mask.
-
-        Returns the (H, W) float32 probabilities; the interactive state is unchanged. f-BRS modes only."""
-        from fbrs.inference.oracle import oracle_refine
-
-        return oracle_refine(self, gt_mask, ignore_mask)
-
-    # -- internals --------------------------------------------------------------------------------
-    def _packed_probabilities(self) -> np.ndarray | UpsampledMap | None:
-        """The current map as the history stores it (see fbrs.inference.packed)."""
-        if self._packed is not None and self._packed[0] is self._probabilities:
-            return self._packed[1]
-        return self._probabilities
-
-    def _require_image(self) -> None:
-        if self._image is None:
-            raise InvalidImageError("no image set: call set_image(image) first")
+    def _compute(self) -> tuple[np.ndarray, UpsampledMap | None]:
+        return self._predict()
 
     def _predict(self) -> tuple[np.ndarray, UpsampledMap | None]:
         """The (H, W) float32 map of the current clicks, and its UpsampledMap when that is smaller."""

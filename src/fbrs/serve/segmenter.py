@@ -20,7 +20,7 @@ import numpy as np
 
 from fbrs.errors import InvalidClickError
 from fbrs.images import as_rgb_uint8
-from fbrs.inference.clicks import Click
+from fbrs.inference.clicks import Click, validate_click
 
 #: (rmin, rmax, cmin, cmax), inclusive, in pixels: the convention of fbrs.inference.bbox.
 Box = tuple[int, int, int, int]
@@ -208,12 +208,7 @@ def _check_clicks(clicks: Sequence[Click], height: int, width: int, max_clicks: 
     if len(clicks) > max_clicks:
         raise InvalidClickError(f"{len(clicks)} clicks; at most {max_clicks} per object")
     for click in clicks:
-        if not (math.isfinite(click.y) and math.isfinite(click.x)):
-            raise InvalidClickError(f"click coordinates must be finite numbers, got y={click.y}, x={click.x}")
-        if not (0 <= click.y < height and 0 <= click.x < width):
-            raise InvalidClickError(
-                f"click (y={click.y:g}, x={click.x:g}) is outside the image (height {height}, width {width})"
-            )
+        validate_click(click, (height, width))
 
 
 def _check_box(box: Box, height: int, width: int) -> Box:

@@ -19,8 +19,8 @@ from fbrs.training.data import ValidationObject, normalize_image
 def clicks_to_points(clicks: list, per_kind: int) -> np.ndarray:
     """Robot clicks -> model points (1, 2 * per_kind, 2) float32 (y, x), positives first, (-1, -1) padding."""
     points = np.full((1, 2 * per_kind, 2), -1.0, dtype=np.float32)
-    positives = [(c.y, c.x) for c in clicks if c.positive]
-    negatives = [(c.y, c.x) for c in clicks if not c.positive]
+    positives = [(c.y, c.x) for c in clicks if c.is_positive]
+    negatives = [(c.y, c.x) for c in clicks if not c.is_positive]
     if positives:
         points[0, : len(positives)] = positives
     if negatives:

@@ -20,7 +20,7 @@ ObjectId = Annotated[int, PathParameter(ge=1, le=MAX_OBJECT_ID)]
 @router.post("/api/sessions/{session_id}/clicks", summary="Add a click to the current object")
 def add_click(session_id: str, click: ClickRequest, context: Context) -> dict[str, Any]:
     def action(session: AnnotationSession) -> dict[str, Any]:
-        session.add_click(click.x, click.y, click.positive, label=click.label)
+        session.add_click(click.to_click(), label=click.label)
         return session.state()
 
     if click.label is not None:

@@ -15,13 +15,11 @@ from fbrs.app.context import Context
 from fbrs.app.engine import PredictionEngine, PredictorSettings
 from fbrs.app.errors import PayloadTooLargeError
 from fbrs.app.payloads import MaskFormat, decode_image_upload, decode_mask_upload, mask_response
-from fbrs.app.validation import MAX_CLICKS_PER_OBJECT, check_clicks_inside, parse_clicks
+from fbrs.app.validation import MAX_CLICKS_PER_OBJECT, parse_clicks
 from fbrs.images import ImageTooLargeError, image_size
+from fbrs.inference.clicks import Click, validate_click
 
 router = APIRouter()
-
-# (x, y, positive): column, row in full-resolution image pixels, as the HTTP API sends them.
-PointClick = tuple[float, float, bool]
 
 
 @router.post("/api/predict", summary="Stateless: image + clicks -> mask (for annotation platforms)")
@@ -51,7 +49,8 @@ def predict(
     if width * height > limits.max_image_pixels:
         raise ImageTooLargeError(f"uploaded image is {width}x{height} = {width * height} pixels; "
                                  f"the limit is {limits.max_image_pixels} pixels")
-    check_clicks_inside(parsed, width, height)
+    for click in parsed:
+        validate_click(click, (height, width))
     previous = None
     if previous_mask is not None:
         previous = decode_mask_upload(previous_mask.file.read(limits.max_upload_bytes + 1), width, height, limits)
@@ -63,19 +62,19 @@ def predict(
 
 
 def predict_mask(
-    engine: PredictionEngine, settings: PredictorSettings, image: np.ndarray, clicks: Sequence[PointClick]
+    engine: PredictionEngine, settings: PredictorSettings, image: np.ndarray, clicks: Sequence[Click]
 ) -> np.ndarray:
-    """The (H, W) bool mask of `clicks` (a non-empty list of (x, y, positive), checked to lie inside) on
+    """The (H, W) bool mask of `clicks` (a non-empty list of the library's Click, checked to lie inside) on
     `image` ((H, W, 3) uint8 RGB): a fresh predictor for `settings` takes the image and the clicks in
     order, as a session would, and the mask is probabilities > settings.prob_threshold."""
     predictor = engine.create(settings)
     predictor.set_image(image)
     probabilities = None
-    for x, y, positive in clicks:
+    for click in clicks:
         # One click at a time under the shared model's lock, as a session takes them: a long click list
         # of one request does not hold back the clicks of people annotating meanwhile.
         with engine.model_lock:
-            probabilities = predictor.add_click(y, x, positive)  # the library takes (y, x)
+            probabilities = predictor.add_click(click.y, click.x, click.is_positive)
     probabilities = np.asarray(probabilities, dtype=np.float32)
     if probabilities.shape != image.shape[:2]:
         raise RuntimeError(f"predictor returned probabilities of shape {probabilities.shape}, "
@@ -83,16 +82,16 @@ def predict_mask(
     return probabilities > settings.prob_threshold
 
 
-def merge_with_previous(mask: np.ndarray, previous: np.ndarray, clicks: Sequence[PointClick]) -> np.ndarray:
-    """Combine a new prediction with the mask it corrects. mask, previous: (H, W) bool; clicks (x, y, positive).
+def merge_with_previous(mask: np.ndarray, previous: np.ndarray, clicks: Sequence[Click]) -> np.ndarray:
+    """Combine a new prediction with the mask it corrects. mask, previous: (H, W) bool.
 
     f-BRS models take only the image and the clicks, so a previous mask cannot steer the network. What an
     annotation platform means by sending one is "keep my mask, fix it where I clicked": the new
     prediction decides inside the bounding box of its clicks and its own mask (grown by 10% of its size);
     outside it the previous mask stays as it was.
     """
-    rows = [y for _, y, _ in clicks] + list(np.flatnonzero(mask.any(axis=1)))
-    cols = [x for x, _, _ in clicks] + list(np.flatnonzero(mask.any(axis=0)))
+    rows = [click.y for click in clicks] + list(np.flatnonzero(mask.any(axis=1)))
+    cols = [click.x for click in clicks] + list(np.flatnonzero(mask.any(axis=0)))
     top, bottom, left, right = min(rows), max(rows), min(cols), max(cols)
     margin_y = 0.1 * (bottom - top + 1)
     margin_x = 0.1 * (right - left + 1)
