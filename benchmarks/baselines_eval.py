@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-import fbrs.baselines
 from fbrs.evaluation.datasets import load_dataset
 from fbrs.evaluation.metrics import PREDICTION_THRESHOLD, compute_noc, iou
 from fbrs.evaluation.robot import ClickRobot
@@ -65,7 +64,7 @@ def summarise(records: list[dict], max_clicks: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--modes", default=",".join(fbrs.baselines.BASELINE_NAMES))
+    parser.add_argument("--modes", default=",".join(PREDICTORS.names(family="baseline")))
     parser.add_argument("--datasets", default="GrabCut,Berkeley")
     parser.add_argument("--out", default="results/baselines")
     parser.add_argument("--max-clicks", type=int, default=20)

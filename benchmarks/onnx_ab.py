@@ -12,7 +12,7 @@ rotate their order every repeat so that the load of a shared machine hits them a
 seconds per click over clicks 2..N (the first click is a plain forward pass in every mode and is reported
 apart), the ratio torch / ONNX, L-BFGS evaluations per click, and how far the ONNX predictions are from the
 torch ones (max |diff| of the probabilities, pixels whose mask differs). The .onnx files are exported into
-the cache layout under --onnx-dir (`fbrs.inference.onnx_backend.cached_onnx_files`) unless already there.
+the cache layout under --onnx-dir (`fbrs.onnx.cached_onnx_files`) unless already there.
 """
 
 from __future__ import annotations
@@ -29,10 +29,9 @@ from fbrs.evaluation.bench import _device_name, robot_click_sequence, synthetic_
 from fbrs.evaluation.predictors import load_model_for_evaluation
 from fbrs.evaluation.reports import _model_label
 from fbrs.inference.modes import MODES
-from fbrs.inference.onnx_backend import OnnxBackend, cached_onnx_files, parts_for_mode
 from fbrs.inference.predictor import Predictor
 from fbrs.io_utils import write_text_atomic
-from fbrs.models.onnx_export import LOCAL_PARTS
+from fbrs.onnx import LOCAL_PARTS, OnnxBackend, cached_onnx_files, parts_for_mode
 
 
 def onnx_files(model, modes: list[str], folder: Path) -> tuple[dict[str, Path], dict[str, float]]:
@@ -78,7 +77,7 @@ def main() -> None:
     variants = [
         (mode, name)
         for mode in modes
-        for name in ("torch", "onnx", *(("onnx-ff",) if MODES[mode].refiner == "feature" else ()))
+        for name in ("torch", "onnx", *(("onnx-ff",) if MODES[mode].insertion is not None else ()))
     ]
     times = {variant: [] for variant in variants}
     first = {variant: [] for variant in variants}

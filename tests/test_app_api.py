@@ -12,10 +12,10 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from fbrs.app.engine import LEARNED_MODES
 from fbrs.app.export import decode_rle, read_instance_png
 from fbrs.app.project import AnnotationProject, AppLimits
 from fbrs.app.server import create_app
+from fbrs.inference.modes import PAPER_MODES
 from tests.test_app_helpers import CREMA, SPOON, TABLE, LiveServer, classical_mode, sample_folder, tiny_engine
 
 
@@ -55,7 +55,7 @@ def image_bytes(array: np.ndarray, image_format: str = "PNG") -> bytes:
 def test_info_lists_the_six_learned_modes_and_the_folder(client):
     info = client.get("/api/info").json()
     names = [mode["name"] for mode in info["modes"]]
-    assert names[:6] == list(LEARNED_MODES)
+    assert names[:6] == list(PAPER_MODES)
     assert all(mode["available"] for mode in info["modes"])
     assert info["default_settings"]["mode"] == "f-BRS-B"
     assert info["folder"]["out_dir"].endswith("out")
@@ -383,8 +383,8 @@ def test_flip_is_off_by_default_and_a_setting_that_replays_the_clicks(client):
 
 def test_backend_choice_resolves_to_what_runs(monkeypatch):
     from fbrs.app.cli import prepare_backend
-    from fbrs.inference import modes
+    from fbrs.onnx import policy
 
     assert prepare_backend(None, "auto") == "torch"  # no model: baselines only
-    monkeypatch.setattr(modes, "onnx_available", lambda: False)
+    monkeypatch.setattr(policy, "onnx_available", lambda: False)
     assert prepare_backend(tiny_engine().model, "auto") == "torch"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import fbrs.baselines
 from fbrs.baselines.growcut import GrowCutPredictor, attack_force
 from fbrs.baselines.seeds import SEED_RADIUS, click_seeds, disk_seeds
 from fbrs.baselines.star_convexity import euclidean_parents, geodesic_parents
@@ -14,7 +13,7 @@ from fbrs.errors import FbrsError, InvalidClickError, InvalidImageError
 from fbrs.evaluation.metrics import iou
 from fbrs.registry import PREDICTORS
 
-NAMES = fbrs.baselines.BASELINE_NAMES
+NAMES = PREDICTORS.names(family="baseline")
 
 
 def two_colour_image(height: int, width: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -14,16 +14,17 @@ import torch
 import fbrs
 from fbrs.cli import main
 from fbrs.errors import CheckpointError, ConfigError, FbrsError, MissingDependencyError
-from fbrs.inference import modes
-from fbrs.inference.onnx_backend import OnnxBackend, cached_onnx_files, default_cache_dir
-from fbrs.models.onnx_export import (
+from fbrs.onnx import (
     INSTALL_HINT,
-    ExportedPart,
-    example_inputs,
+    OnnxBackend,
+    cached_onnx_files,
+    default_cache_dir,
     export_onnx,
     output_paths,
+    policy,
     require_modules,
 )
+from fbrs.onnx.export import ExportedPart, example_inputs
 
 # Exported once per module (tracing takes seconds); after_backbone covers the two-output part, decoder_head
 # the local part that f-BRS-A/B re-run at every L-BFGS evaluation.
@@ -228,7 +229,7 @@ def test_backend_onnx_without_files_exports_once_into_the_cache(tiny_model, imag
     def no_export(*args, **kwargs):
         raise AssertionError("exported again")
 
-    monkeypatch.setattr("fbrs.models.onnx_export.export_onnx", no_export)
+    monkeypatch.setattr("fbrs.onnx.export.export_onnx", no_export)
     assert fbrs.Predictor(tiny_model, "f-BRS-C", backend="onnx").backend == "onnx"
     # Other weights, other folder: never the files of another model.
     other = fbrs.build_model("tiny_test")
@@ -237,19 +238,19 @@ def test_backend_onnx_without_files_exports_once_into_the_cache(tiny_model, imag
 
 
 def test_backend_choice_per_mode(monkeypatch):
-    assert modes.backend_for_mode("onnx", "f-BRS-B") == "onnx"
-    assert modes.backend_for_mode("onnx", "RGB-BRS") == "torch"  # differentiates through the whole network
-    assert modes.backend_for_mode("onnx", "graphcut") == "torch"  # no network at all
-    assert modes.backend_for_mode("torch", "NoBRS") == "torch"
-    assert modes.backend_for_mode("auto", "NoBRS") == "onnx"  # make test installs the extra
-    monkeypatch.setattr(modes, "onnx_available", lambda: False)
-    assert modes.backend_for_mode("auto", "NoBRS") == "torch"
-    assert modes.backend_for_mode("onnx", "NoBRS") == "onnx"  # asked for explicitly: the error will say why
+    assert policy.backend_for_mode("onnx", "f-BRS-B") == "onnx"
+    assert policy.backend_for_mode("onnx", "RGB-BRS") == "torch"  # differentiates through the whole network
+    assert policy.backend_for_mode("onnx", "graphcut") == "torch"  # no network at all
+    assert policy.backend_for_mode("torch", "NoBRS") == "torch"
+    assert policy.backend_for_mode("auto", "NoBRS") == "onnx"  # make test installs the extra
+    monkeypatch.setattr(policy, "onnx_available", lambda: False)
+    assert policy.backend_for_mode("auto", "NoBRS") == "torch"
+    assert policy.backend_for_mode("onnx", "NoBRS") == "onnx"  # asked for explicitly: the error will say why
     with pytest.raises(ConfigError, match="unknown backend"):
-        modes.backend_for_mode("tensorrt", "NoBRS")
-    assert modes.backend_for_mode("auto", "NoBRS", device="cuda") == "torch"  # ONNX Runtime runs on the CPU
+        policy.backend_for_mode("tensorrt", "NoBRS")
+    assert policy.backend_for_mode("auto", "NoBRS", device="cuda") == "torch"  # ONNX Runtime runs on the CPU
     with pytest.raises(ConfigError, match="runs on the CPU"):
-        modes.check_backend_choice("onnx", "cuda")
+        policy.check_backend_choice("onnx", "cuda")
 
 
 def test_cli_predict_with_the_onnx_backend(tiny_model, image, tmp_path, capsys):

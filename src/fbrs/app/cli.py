@@ -79,11 +79,11 @@ def prepare_backend(model: Any, backend: str) -> str:
     when the export fails (e.g. an unwritable cache folder); "onnx" raises."""
     from fbrs.app.engine import DEFAULT_MODE
     from fbrs.errors import FbrsError
-    from fbrs.inference.modes import backend_for_mode
+    from fbrs.onnx.policy import backend_for_mode
 
     if model is None or backend_for_mode(backend, DEFAULT_MODE) != "onnx":
         return "torch"
-    from fbrs.inference.onnx_backend import export_for_modes
+    from fbrs.onnx import export_for_modes
 
     try:
         export_for_modes(model, [DEFAULT_MODE], notify=lambda text: print(f"fbrs app: {text}"))

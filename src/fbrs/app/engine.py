@@ -16,7 +16,6 @@ from typing import Any
 from fbrs.app.errors import ModeUnavailableError
 
 DEFAULT_MODE = "f-BRS-B"
-LEARNED_MODES = ("NoBRS", "RGB-BRS", "DistMap-BRS", "f-BRS-A", "f-BRS-B", "f-BRS-C")
 
 
 APP_MAX_IMAGE_SIDE = 1024
@@ -56,15 +55,24 @@ PredictorFactory = Callable[[PredictorSettings], Any]
 
 def _registered_modes() -> list[tuple[str, bool]]:
     """(name, needs_model) of every registered predictor mode, learned modes first."""
-    from fbrs.inference import available_modes
     from fbrs.registry import PREDICTORS
 
-    modes = [(name, bool(PREDICTORS.meta(name).get("needs_model", True))) for name in available_modes()]
-    # The paper's six first, in their order, then the other learned modes (e.g. "f-BRS-B-guarded"), then the
-    # rest (SAM family, baselines), each group in registration order (the sort is stable).
-    order = {name: index for index, name in enumerate(LEARNED_MODES)}
-    modes.sort(key=lambda item: (not item[1], order.get(item[0], len(LEARNED_MODES))))
+    # Registration order puts the paper's six first, in their order, then the other learned modes (e.g.
+    # "f-BRS-B-guarded"); the stable sort keeps it and moves the modes without a model (SAM family,
+    # baselines) after them.
+    modes = [(spec.name, spec.needs_model) for spec in PREDICTORS.specs()]
+    modes.sort(key=lambda item: not item[1])
     return modes
+
+
+_NEEDS_MODEL = "needs a model (start the app with --model)"
+
+
+def _unavailable_reason(name: str) -> str | None:
+    """Why the registered mode `name` cannot be built here (a missing optional dependency), else None."""
+    from fbrs.registry import PREDICTORS
+
+    return PREDICTORS.spec(name).unavailable_reason if name in PREDICTORS else None
 
 
 class PredictionEngine:
@@ -73,7 +81,7 @@ class PredictionEngine:
     model: an InteractiveModel or None (then only modes registered with needs_model=False work).
     factory: optional replacement of the library's `create_predictor` (settings -> predictor), used
     to run the app against something other than the registered modes.
-    backend: "torch", "onnx" or "auto" for the learned modes (fbrs.inference.modes.backend_for_mode).
+    backend: "torch", "onnx" or "auto" for the learned modes (fbrs.onnx.policy.backend_for_mode).
     """
 
     def __init__(self, model: Any = None, factory: PredictorFactory | None = None,
@@ -89,11 +97,17 @@ class PredictionEngine:
         self.model_lock = threading.Lock()
 
     def modes(self) -> list[dict[str, Any]]:
-        """Every mode as {"name", "needs_model", "available"}."""
-        return [
-            {"name": name, "needs_model": needs_model, "available": self.model is not None or not needs_model}
-            for name, needs_model in self._modes
-        ]
+        """Every mode as {"name", "needs_model", "available", "unavailable_reason"} (the reason None when
+        available: "needs a model" or a missing optional dependency)."""
+        entries = []
+        for name, needs_model in self._modes:
+            reason = _unavailable_reason(name)
+            if reason is None and needs_model and self.model is None:
+                reason = _NEEDS_MODEL
+            entries.append(
+                {"name": name, "needs_model": needs_model, "available": reason is None, "unavailable_reason": reason}
+            )
+        return entries
 
     def default_settings(self) -> PredictorSettings:
         available = [mode["name"] for mode in self.modes() if mode["available"]]
@@ -104,8 +118,10 @@ class PredictionEngine:
     def check_mode(self, mode: str) -> None:
         for entry in self.modes():
             if entry["name"] == mode:
-                if not entry["available"]:
+                if entry["unavailable_reason"] == _NEEDS_MODEL:
                     raise ModeUnavailableError(f"predictor mode {mode!r} needs a model; start the app with --model")
+                if not entry["available"]:
+                    raise ModeUnavailableError(f"predictor mode {mode!r} is unavailable: {entry['unavailable_reason']}")
                 return
         names = ", ".join(entry["name"] for entry in self.modes())
         raise ModeUnavailableError(f"unknown predictor mode {mode!r}; available: {names}")
@@ -116,7 +132,7 @@ class PredictionEngine:
         if self._factory is not None:
             return self._factory(settings)
         from fbrs.inference import create_predictor
-        from fbrs.inference.modes import backend_for_mode
+        from fbrs.onnx.policy import backend_for_mode
 
         needs_model = dict(self._modes).get(settings.mode, True)
         options: dict[str, Any] = {}

@@ -13,8 +13,7 @@ import numpy as np
 
 from fbrs.baselines.colour_model import colour_bins, negative_log_likelihood
 from fbrs.baselines.image_graph import PixelGraph
-from fbrs.baselines.seeded_predictor import SeededPredictor, build_from_options
-from fbrs.registry import PREDICTORS
+from fbrs.baselines.seeded_predictor import SeededPredictor
 
 SPATIAL_WEIGHT = 1e-3  # per pixel step; a full flat 500-px crossing costs 0.5, i.e. half a P_F jump
 
@@ -23,6 +22,7 @@ class GeodesicMattingPredictor(SeededPredictor):
     """Bai-Sapiro geodesic segmentation (hard labels)."""
 
     name = "geodesic-matting"
+    description = "classical: geodesic distance matting (Bai-Sapiro)"
 
     def _prepare(self, image: np.ndarray) -> None:
         self._bins = colour_bins(image)
@@ -45,11 +45,3 @@ class GeodesicMattingPredictor(SeededPredictor):
         foreground = np.zeros(positive.shape, dtype=bool)
         foreground[reached] = positive.ravel()[source[reached]]
         return foreground.astype(np.float32)
-
-
-@PREDICTORS.register(
-    "geodesic-matting", needs_model=False, description="classical: geodesic distance matting (Bai-Sapiro)"
-)
-def geodesic_matting(model=None, **options) -> GeodesicMattingPredictor:
-    """Bai-Sapiro geodesic segmentation baseline (model unused)."""
-    return build_from_options(GeodesicMattingPredictor, options)

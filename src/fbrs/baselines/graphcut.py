@@ -10,14 +10,12 @@ Energy, with x_p = 1 for foreground:
 
 from __future__ import annotations
 
-import maxflow
 import numpy as np
 
 from fbrs.baselines.colour_model import colour_bins, negative_log_likelihood
 from fbrs.baselines.image_graph import FORWARD_OFFSETS, shifted_pairs
-from fbrs.baselines.seeded_predictor import SeededPredictor, build_from_options
+from fbrs.baselines.seeded_predictor import SeededPredictor
 from fbrs.baselines.seeds import SEED_RADIUS
-from fbrs.registry import PREDICTORS
 
 PAIRWISE_WEIGHT = 50.0  # GrabCut's gamma
 # Capacity of a hard constraint: larger than any cut through unary and pairwise terms can cost.
@@ -47,6 +45,10 @@ class GraphCutPredictor(SeededPredictor):
     """Boykov-Jolly graph cut (hard labels). Solved at <= 400 px (about 0.3 s per click)."""
 
     name = "graphcut"
+    description = "classical: graph cut (Boykov-Jolly)"
+    # PyMaxflow is imported where the cut is computed, so that without it the registry lists this
+    # mode (and esc, gsc) as unavailable with the reason instead of failing to import the baselines.
+    requires = (("maxflow", "PyMaxflow"),)
     default_max_side = 400
 
     def __init__(
@@ -83,6 +85,8 @@ class GraphCutPredictor(SeededPredictor):
         return None
 
     def _segment(self, positive: np.ndarray, negative: np.ndarray) -> np.ndarray:
+        import maxflow  # optional at import: the registry lists the mode as unavailable without PyMaxflow
+
         graph = maxflow.GraphFloat()
         node_ids = graph.add_grid_nodes(positive.shape)
         extra = self._extra_capacities(positive)
@@ -96,9 +100,3 @@ class GraphCutPredictor(SeededPredictor):
         graph.add_grid_tedges(node_ids, background_cost, foreground_cost)
         graph.maxflow()
         return (~graph.get_grid_segments(node_ids)).astype(np.float32)
-
-
-@PREDICTORS.register("graphcut", needs_model=False, description="classical: graph cut (Boykov-Jolly)")
-def graphcut(model=None, **options) -> GraphCutPredictor:
-    """Boykov-Jolly graph cut baseline (model unused)."""
-    return build_from_options(GraphCutPredictor, options)

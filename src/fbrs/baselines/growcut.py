@@ -14,8 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from fbrs.baselines.image_graph import PixelGraph
-from fbrs.baselines.seeded_predictor import SeededPredictor, build_from_options
-from fbrs.registry import PREDICTORS
+from fbrs.baselines.seeded_predictor import SeededPredictor
 
 # -log g is floored so that equal colours still cost a little and ties go to the spatially nearer seed.
 MINIMUM_EDGE_LENGTH = 1e-6
@@ -30,6 +29,7 @@ class GrowCutPredictor(SeededPredictor):
     """GrowCut cellular automaton (hard labels)."""
 
     name = "growcut"
+    description = "classical: GrowCut cellular automaton"
 
     def _prepare(self, image: np.ndarray) -> None:
         self._graph = PixelGraph(image.shape[:2])
@@ -50,9 +50,3 @@ class GrowCutPredictor(SeededPredictor):
         foreground = np.zeros(positive.shape, dtype=bool)
         foreground[reached] = flat_positive[source[reached]]
         return foreground.astype(np.float32)
-
-
-@PREDICTORS.register("growcut", needs_model=False, description="classical: GrowCut cellular automaton")
-def growcut(model=None, **options) -> GrowCutPredictor:
-    """GrowCut baseline (model unused)."""
-    return build_from_options(GrowCutPredictor, options)

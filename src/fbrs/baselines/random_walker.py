@@ -9,9 +9,8 @@ from __future__ import annotations
 import numpy as np
 from skimage.segmentation import random_walker
 
-from fbrs.baselines.seeded_predictor import SeededPredictor, build_from_options
+from fbrs.baselines.seeded_predictor import SeededPredictor
 from fbrs.baselines.seeds import SEED_RADIUS
-from fbrs.registry import PREDICTORS
 
 BETA = 130.0  # scikit-image's default (its gradients are divided by 10 * the image's std)
 WORKING_MAX_SIDE = 320  # the sparse linear solve dominates: ~0.5 s per click at 320 px
@@ -21,6 +20,7 @@ class RandomWalkerPredictor(SeededPredictor):
     """Grady's random walker; returns the foreground probability (soft scores in [0, 1])."""
 
     name = "random-walker"
+    description = "classical: random walker (Grady)"
     default_max_side = WORKING_MAX_SIDE
 
     def __init__(
@@ -49,8 +49,3 @@ class RandomWalkerPredictor(SeededPredictor):
         )
         return probabilities[0].astype(np.float32)
 
-
-@PREDICTORS.register("random-walker", needs_model=False, description="classical: random walker (Grady)")
-def random_walker_baseline(model=None, **options) -> RandomWalkerPredictor:
-    """Grady's random walker baseline (model unused)."""
-    return build_from_options(RandomWalkerPredictor, options)

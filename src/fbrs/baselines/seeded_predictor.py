@@ -34,7 +34,9 @@ class SeededPredictor(InteractivePredictor):
     set_state / predict: see `fbrs.inference.interactive.InteractivePredictor`.
     """
 
-    name = "seeded"
+    name = "seeded"  # the registered mode name (fbrs.baselines.mode_specs)
+    description = ""  # one line for `fbrs models` and the app
+    requires: tuple[tuple[str, str], ...] = ()  # optional (module, pip package) pairs (fbrs.registry.ModeSpec)
     default_max_side: int | None = None
 
     def __init__(
@@ -100,7 +102,8 @@ class SeededPredictor(InteractivePredictor):
 
 def build_from_options(predictor_class: Callable[..., SeededPredictor], options: dict[str, Any]):
     """Construct `predictor_class` from the options it accepts; options meant for the learned modes
-    (zoom_in, with_flip, ...) are ignored, so one option set can drive every registered mode."""
+    (zoom_in, with_flip, ...) are ignored, so one option set can drive every registered mode. (The registry
+    refuses, before this, names that no registered mode takes: fbrs.registry.ModeSpec.create.)"""
     accepted = inspect.signature(predictor_class).parameters
     return predictor_class(**{key: value for key, value in options.items() if key in accepted})
 

@@ -19,9 +19,7 @@ from scipy.ndimage import distance_transform_edt
 
 from fbrs.baselines.graphcut import HARD, PAIRWISE_WEIGHT, GraphCutPredictor
 from fbrs.baselines.image_graph import FORWARD_OFFSETS, PixelGraph, shifted_pairs
-from fbrs.baselines.seeded_predictor import build_from_options
 from fbrs.baselines.seeds import SEED_RADIUS
-from fbrs.registry import PREDICTORS
 
 # Weight of the colour difference in the geodesic length (per 0..255 RGB level): crossing an edge of
 # 40 levels costs as much as 20 pixels of flat colour.
@@ -82,6 +80,7 @@ class EuclideanStarConvexityPredictor(_StarConvexityPredictor):
     """Graph cut with Euclidean star convexity around the positive seeds (ESC)."""
 
     name = "esc"
+    description = "classical: graph cut + Euclidean star convexity (Gulshan et al.)"
 
     def _parents(self, positive: np.ndarray) -> np.ndarray | None:
         return euclidean_parents(positive)
@@ -91,6 +90,7 @@ class GeodesicStarConvexityPredictor(_StarConvexityPredictor):
     """Graph cut with geodesic star convexity around the positive seeds (GSC)."""
 
     name = "gsc"
+    description = "classical: graph cut + geodesic star convexity (Gulshan et al.)"
 
     def __init__(
         self,
@@ -117,19 +117,3 @@ class GeodesicStarConvexityPredictor(_StarConvexityPredictor):
 
     def _parents(self, positive: np.ndarray) -> np.ndarray | None:
         return geodesic_parents(self._graph, self._lengths, positive)
-
-
-@PREDICTORS.register(
-    "esc", needs_model=False, description="classical: graph cut + Euclidean star convexity (Gulshan et al.)"
-)
-def esc(model=None, **options) -> EuclideanStarConvexityPredictor:
-    """Euclidean star convexity baseline (model unused)."""
-    return build_from_options(EuclideanStarConvexityPredictor, options)
-
-
-@PREDICTORS.register(
-    "gsc", needs_model=False, description="classical: graph cut + geodesic star convexity (Gulshan et al.)"
-)
-def gsc(model=None, **options) -> GeodesicStarConvexityPredictor:
-    """Geodesic star convexity baseline (model unused)."""
-    return build_from_options(GeodesicStarConvexityPredictor, options)

@@ -29,16 +29,15 @@ from fbrs.errors import ConfigError
 from fbrs.evaluation.predictors import PredictorRecipe, check_modes, load_model_for_evaluation
 from fbrs.evaluation.robot import ClickRobot
 from fbrs.inference.clicks import Click
+from fbrs.inference.modes import PAPER_MODES
 from fbrs.io_utils import write_text_atomic
-
-LEARNED_MODES = ("NoBRS", "RGB-BRS", "DistMap-BRS", "f-BRS-A", "f-BRS-B", "f-BRS-C")
 
 
 @dataclass
 class BenchSettings:
     """model: checkpoint path, architecture name (random weights) or None (bundled). modes None = the six
     learned modes. clicks: clicks per sequence; repeats: timed sequences per mode (after one warm-up).
-    backend: "torch", "onnx" or "auto" (fbrs.inference.modes.backend_for_mode: modes ONNX Runtime cannot
+    backend: "torch", "onnx" or "auto" (fbrs.onnx.policy.backend_for_mode: modes ONNX Runtime cannot
     run use torch; the table says which backend each mode used)."""
 
     model: str | None = None
@@ -61,7 +60,7 @@ class BenchSettings:
             raise ConfigError(f"--repeats must be >= 1, got {self.repeats}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {self.threads}")
-        from fbrs.inference.modes import check_backend_choice
+        from fbrs.onnx.policy import check_backend_choice
 
         check_backend_choice(self.backend, self.device)
 
@@ -202,7 +201,7 @@ def run_benchmark(settings: BenchSettings, out_path: str | os.PathLike) -> dict[
     import torch
 
     settings.validate()
-    modes = list(settings.modes or LEARNED_MODES)
+    modes = list(settings.modes or PAPER_MODES)
     check_modes(modes)
     if settings.threads:
         torch.set_num_threads(settings.threads)
@@ -214,7 +213,7 @@ def run_benchmark(settings: BenchSettings, out_path: str | os.PathLike) -> dict[
 
     onnx_modes = [mode for mode in modes if _backend(mode, settings) == "onnx"]
     if onnx_modes:  # export before timing anything (once per model, then cached)
-        from fbrs.inference.onnx_backend import export_for_modes
+        from fbrs.onnx import export_for_modes
 
         export_for_modes(model, onnx_modes, notify=lambda message: print(message, flush=True))
 

@@ -47,7 +47,7 @@ def mode_needs_model(mode: str) -> bool:
     from fbrs.registry import PREDICTORS
 
     try:
-        return bool(PREDICTORS.meta(mode).get("needs_model", True))
+        return PREDICTORS.spec(mode).needs_model
     except KeyError:
         return True
 
@@ -114,7 +114,7 @@ class PredictorRecipe:
     ...); a mode gets those it takes (`accepted_options`: the SAM family a few, the baselines none).
     zoom_in / zoom_in_target_size: Zoom-In of the DeepLab modes; size None = the original's per dataset
     (`default_zoom_in_target_size`). backend: "torch", "onnx" or "auto", resolved per mode
-    (fbrs.inference.modes.backend_for_mode: modes ONNX Runtime cannot run stay in torch). device: where the
+    (fbrs.onnx.policy.backend_for_mode: modes ONNX Runtime cannot run stay in torch). device: where the
     model is (ONNX Runtime runs on the CPU only)."""
 
     options: Mapping[str, Any] = field(default_factory=dict)
@@ -125,7 +125,7 @@ class PredictorRecipe:
 
     def backend_for(self, mode: str) -> str:
         """Where `mode`'s feed-forward part runs: "torch" or "onnx"."""
-        from fbrs.inference.modes import backend_for_mode
+        from fbrs.onnx.policy import backend_for_mode
 
         return backend_for_mode(self.backend, mode, self.device)
 

@@ -142,7 +142,7 @@ def run_evaluation(
     write_or_check_config(run_dir, settings, model_description, list(datasets))
     onnx_modes = [mode for mode in settings.modes if settings.backend_for(mode) == "onnx"]
     if predictor_factory is None and onnx_modes:
-        from fbrs.inference.onnx_backend import export_for_modes
+        from fbrs.onnx import export_for_modes
 
         # Here, once, before the workers would race to export the same files.
         export_for_modes(model, onnx_modes, notify=print if progress else None)

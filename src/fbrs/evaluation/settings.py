@@ -49,7 +49,7 @@ class EvaluationSettings:
     device: str = "cpu"
     save_masks: bool = False
     gallery_size: int = 6
-    backend: str = "torch"  # "torch", "onnx" or "auto": fbrs.inference.modes.backend_for_mode, per mode
+    backend: str = "torch"  # "torch", "onnx" or "auto": fbrs.onnx.policy.backend_for_mode, per mode
 
     def validate(self) -> None:
         if not self.datasets:
@@ -66,7 +66,7 @@ class EvaluationSettings:
             raise ConfigError(f"--limit must be >= 1, got {self.limit}")
         if self.jobs > 1 and self.device != "cpu":
             raise ConfigError(f"--jobs {self.jobs} runs CPU worker processes; use --jobs 1 with --device {self.device}")
-        from fbrs.inference.modes import check_backend_choice
+        from fbrs.onnx.policy import check_backend_choice
 
         check_backend_choice(self.backend, self.device)
         if self.oracle and not any(mode.startswith("f-BRS") for mode in self.modes):

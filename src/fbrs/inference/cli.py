@@ -114,7 +114,7 @@ def run_predict(args: argparse.Namespace) -> int:
     check_clicks_inside(clicks, *image.shape[:2])
     if args.threads:
         torch.set_num_threads(args.threads)
-    needs_model = bool(PREDICTORS.meta(args.mode).get("needs_model", True))
+    needs_model = PREDICTORS.spec(args.mode).needs_model
     # The SAM family brings its own model and takes only some options; a classical baseline takes none.
     options, ignored = accepted_options(
         args.mode,
@@ -130,7 +130,7 @@ def run_predict(args: argparse.Namespace) -> int:
         _print_stderr(f"mode {args.mode} ignores --model (it uses its own model)")
     model = _load_model_arg(args.model) if needs_model else None
     if needs_model and args.backend == "onnx":
-        from fbrs.inference.onnx_backend import export_for_modes
+        from fbrs.onnx import export_for_modes
 
         # Here rather than inside the Predictor: tell the user why the first run waits.
         export_for_modes(model, [args.mode], notify=_print_stderr)
@@ -197,7 +197,7 @@ def run_export_onnx(args: argparse.Namespace) -> int:
     import torch
 
     from fbrs.errors import ConfigError
-    from fbrs.models.onnx_export import PARTS, export_onnx, max_difference, output_paths, require_modules
+    from fbrs.onnx import PARTS, export_onnx, max_difference, output_paths, require_modules
 
     # Fail before loading the model and tracing (slow) when the exporter's dependencies are missing.
     require_modules("onnx", "onnxscript")
@@ -235,8 +235,9 @@ def run_models(args: argparse.Namespace) -> int:
     print("models:", ", ".join(list_models()))
     print("modes: ", ", ".join(available_modes()))
     for name in available_modes():
-        description = PREDICTORS.meta(name).get("description", "")
-        print(f"  {name:<16} {description}")
+        spec = PREDICTORS.spec(name)
+        reason = spec.unavailable_reason
+        print(f"  {name:<16} {spec.description}" + (f" (unavailable: {reason})" if reason else ""))
     path = default_model_path()
     if not path.is_file():
         print(f"default model: {path} (missing)")
@@ -348,7 +349,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument(
         "--part",
         action="append",
-        # = fbrs.models.onnx_export.PARTS + "all", spelled out: importing it here would import torch for --help.
+        # = fbrs.onnx.PARTS + "all", spelled out: importing it here would import torch for --help.
         choices=["full", "after_backbone", "after_aspp", "after_decoder", "decoder_head", "head", "all"],
         help="what to export (repeatable; default full)",
     )

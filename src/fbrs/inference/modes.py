@@ -1,14 +1,26 @@
-"""The six learned predictor modes, registered by name (the paper's names)."""
+"""The learned DeepLab modes (the paper's six and their guarded variants): what each one does, and their
+entries for the mode registry (`mode_specs`, read by fbrs.registry.load_plugins).
+
+The refiner kind ("none" | "input" | "feature") is read here only: the Predictor builds its refiner with
+`LearnedMode.build_refiner`, and everything else asks the facts (`onnx`, `insertion`, `gradients`,
+`oracle`).
+"""
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from fbrs.registry import PREDICTORS
+if TYPE_CHECKING:
+    from fbrs.inference.brs.guard import GuardConfig
+    from fbrs.inference.brs.objective import BRSConfig
+    from fbrs.inference.brs.refiners import Refiner
+    from fbrs.registry import ModeSpec
 
 
 @dataclass(frozen=True)
-class ModeSpec:
+class LearnedMode:
     name: str
     refiner: str  # "none" | "input" | "feature"
     target: str | None  # InputBRS target or FeatureBRS insertion point
@@ -16,16 +28,54 @@ class ModeSpec:
     description: str
     guard: bool = False  # FeatureBRS with fbrs.inference.brs.guard on by default (the "-guarded" variants)
 
+    @property
+    def insertion(self) -> str | None:
+        """The f-BRS insertion point (fbrs.models.INSERTIONS), None for the other modes."""
+        return self.target if self.refiner == "feature" else None
 
-MODES: dict[str, ModeSpec] = {
+    @property
+    def onnx(self) -> bool:
+        """The feed-forward part can run in ONNX Runtime: NoBRS and f-BRS. RGB-/DistMap-BRS differentiate
+        through the whole network at every L-BFGS step."""
+        return self.refiner != "input"
+
+    @property
+    def gradients(self) -> bool:
+        """Backpropagation-based refinement (BRS) after each click."""
+        return self.refiner != "none"
+
+    @property
+    def oracle(self) -> bool:
+        """Predictor.oracle_refine works (it continues the f-BRS optimisation)."""
+        return self.refiner == "feature"
+
+    def build_refiner(
+        self, config: BRSConfig, clicks_limit: int | None, with_flip: bool, windowed_gradient: bool,
+        guard: GuardConfig | bool | None,
+    ) -> Refiner:
+        """The refiner of this mode (fbrs.inference.brs.refiners); guard None = the mode's default."""
+        from fbrs.inference.brs.guard import resolve_guard
+        from fbrs.inference.brs.refiners import FeatureBRS, InputBRS, NoRefinement
+
+        common = {"clicks_limit": clicks_limit, "with_flip": with_flip, "config": config}
+        if self.refiner == "none":
+            return NoRefinement(**common)
+        if self.refiner == "input":
+            return InputBRS(self.target, **common)
+        return FeatureBRS(
+            self.target, windowed_gradient=windowed_gradient, guard=resolve_guard(guard, self.guard), **common
+        )
+
+
+MODES: dict[str, LearnedMode] = {
     spec.name: spec
     for spec in (
-        ModeSpec("NoBRS", "none", None, None, "plain feed-forward network"),
-        ModeSpec("RGB-BRS", "input", "rgb", 5, "optimise a correction of the input image (original BRS)"),
-        ModeSpec("DistMap-BRS", "input", "distance_maps", 5, "optimise a correction of the distance maps"),
-        ModeSpec("f-BRS-A", "feature", "after_backbone", 8, "scale/bias after the backbone"),
-        ModeSpec("f-BRS-B", "feature", "after_aspp", 8, "scale/bias after ASPP (recommended)"),
-        ModeSpec("f-BRS-C", "feature", "after_decoder", 8, "scale/bias after the decoder"),
+        LearnedMode("NoBRS", "none", None, None, "plain feed-forward network"),
+        LearnedMode("RGB-BRS", "input", "rgb", 5, "optimise a correction of the input image (original BRS)"),
+        LearnedMode("DistMap-BRS", "input", "distance_maps", 5, "optimise a correction of the distance maps"),
+        LearnedMode("f-BRS-A", "feature", "after_backbone", 8, "scale/bias after the backbone"),
+        LearnedMode("f-BRS-B", "feature", "after_aspp", 8, "scale/bias after ASPP (recommended)"),
+        LearnedMode("f-BRS-C", "feature", "after_decoder", 8, "scale/bias after the decoder"),
     )
 }
 
@@ -35,55 +85,13 @@ PAPER_MODES = tuple(MODES)
 # Guarded f-BRS (issue 14, item 5): the same modes with fbrs.inference.brs.guard on.
 for _name in ("f-BRS-A", "f-BRS-B", "f-BRS-C"):
     _paper = MODES[_name]
-    MODES[f"{_name}-guarded"] = ModeSpec(
+    MODES[f"{_name}-guarded"] = LearnedMode(
         f"{_name}-guarded", "feature", _paper.target, _paper.clicks_limit,
         f"{_paper.description}, guarded: a click never flips much of the mask far from every click", guard=True,
     )
 
 
-#: Where the feed-forward part runs: "torch", "onnx" (ONNX Runtime, `fbrs.inference.onnx_backend`), or
-#: "auto" (the CLIs' choice: ONNX Runtime where it is installed and the mode supports it).
-BACKEND_CHOICES = ("auto", "torch", "onnx")
-
-
-def supports_onnx(mode: str) -> bool:
-    """Whether `mode` can run its feed-forward part in ONNX Runtime: NoBRS and f-BRS-A/B/C. RGB-/DistMap-BRS
-    differentiate through the whole network, and the classical baselines have no network."""
-    return mode in MODES and MODES[mode].refiner != "input"
-
-
-def onnx_available() -> bool:
-    """onnxruntime and the exporter (onnx, onnxscript) are installed: pip install 'fbrs[onnx]'."""
-    import importlib.util
-
-    return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx", "onnxscript"))
-
-
-def check_backend_choice(choice: str, device: str = "cpu") -> None:
-    """ConfigError unless `choice` is one of BACKEND_CHOICES and fits `device` (ONNX Runtime runs on the CPU)."""
-    from fbrs.errors import ConfigError
-
-    if choice not in BACKEND_CHOICES:
-        raise ConfigError(f"unknown backend {choice!r}; choose from {', '.join(BACKEND_CHOICES)}")
-    if choice == "onnx" and device != "cpu":
-        raise ConfigError(f"--backend onnx runs on the CPU, not on {device}: use --device cpu")
-
-
-def backend_for_mode(choice: str, mode: str, device: str = "cpu") -> str:
-    """The backend a CLI option `choice` (BACKEND_CHOICES) gives `mode`: "onnx" or "torch".
-
-    "onnx" falls back to torch only for the modes ONNX cannot run (so that `--backend onnx --modes
-    NoBRS,RGB-BRS,f-BRS-B` measures what it can); "auto" also when the onnx extra is not installed or the
-    model is not on the CPU."""
-    check_backend_choice(choice, device if choice == "onnx" else "cpu")
-    if choice == "torch" or device != "cpu" or not supports_onnx(mode):
-        return "torch"
-    if choice == "auto" and not onnx_available():
-        return "torch"
-    return "onnx"
-
-
-def _register(spec: ModeSpec) -> None:
+def _factory(mode: LearnedMode):
     def factory(model=None, **options):
         from fbrs.inference.predictor import Predictor
 
@@ -91,11 +99,24 @@ def _register(spec: ModeSpec) -> None:
             from fbrs.models import load_default_model
 
             model = load_default_model()
-        return Predictor(model, mode=spec.name, **options)
+        return Predictor(model, mode=mode.name, **options)
 
-    factory.__doc__ = spec.description
-    PREDICTORS.register(spec.name, needs_model=True, description=spec.description)(factory)
+    factory.__doc__ = mode.description
+    return factory
 
 
-for _spec in MODES.values():
-    _register(_spec)
+def mode_specs() -> list[ModeSpec]:
+    """The registry entries of the learned modes (called by fbrs.registry.load_plugins)."""
+    from fbrs.inference.predictor import Predictor
+    from fbrs.registry import ModeSpec
+
+    # The options are the Predictor's own keyword arguments, read from its signature so they never drift.
+    options = tuple(name for name in inspect.signature(Predictor).parameters if name not in ("model", "mode"))
+    return [
+        ModeSpec(
+            name=mode.name, factory=_factory(mode), family="deeplab", description=mode.description,
+            needs_model=True, options=options, onnx=mode.onnx, oracle=mode.oracle, gradients=mode.gradients,
+            config=mode,
+        )
+        for mode in MODES.values()
+    ]

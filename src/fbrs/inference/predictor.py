@@ -8,15 +8,16 @@ import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fbrs.inference.brs.guard import GuardConfig, resolve_guard
+from fbrs.inference.backends import Backend, backend_from_option
+from fbrs.inference.brs.guard import GuardConfig
 from fbrs.inference.brs.objective import BRSConfig, LBFGSConfig
-from fbrs.inference.brs.refiners import FeatureBRS, InputBRS, NoRefinement, Refiner
+from fbrs.inference.brs.refiners import Refiner
 from fbrs.inference.clicks import Click
 from fbrs.inference.interactive import InteractivePredictor, PredictorState
 from fbrs.inference.modes import MODES
@@ -24,9 +25,6 @@ from fbrs.inference.normalise import normalise_tensor
 from fbrs.inference.packed import UpsampledMap, upsample_into
 from fbrs.inference.zoom_in import ZoomIn, ZoomInConfig
 from fbrs.models.interactive_model import InteractiveModel
-
-if TYPE_CHECKING:
-    from fbrs.inference.onnx_backend import OnnxBackend
 
 _UNSET: Any = object()
 _SAME_AS_PROBABILITIES = "same-as-probabilities"
@@ -103,8 +101,9 @@ class Predictor(InteractivePredictor):
             (a 4000x3000 photo needs over 6 GB without it). None (default) = the original behaviour.
         backend: "torch" (default) or "onnx": run the feed-forward part (NoBRS: the whole pass; f-BRS: the
             network up to the insertion point) in ONNX Runtime from the files of `fbrs export-onnx`; the
-            layers BRS differentiates stay in torch. An `fbrs.inference.onnx_backend.OnnxBackend` may be
-            given instead (to share its sessions between predictors). Not for RGB-BRS / DistMap-BRS.
+            layers BRS differentiates stay in torch. An `fbrs.onnx.OnnxBackend` (or any
+            `fbrs.inference.backends.Backend`) may be given instead (to share its sessions between
+            predictors). Not for RGB-BRS / DistMap-BRS.
         onnx_files: with backend="onnx", the .onnx file(s) exported from this very model.
         windowed_gradient: f-BRS only. False (default): every L-BFGS gradient is the whole-map backward
             pass, the original code's computation, so a trajectory is the original's up to the CPU's own
@@ -137,7 +136,7 @@ class Predictor(InteractivePredictor):
         max_clicks: int | None = None,
         device: str | torch.device | None = None,
         max_image_side: int | None = None,
-        backend: str | OnnxBackend = "torch",
+        backend: str | Backend = "torch",
         onnx_files: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
         windowed_gradient: bool = False,
         guard: GuardConfig | bool | None = None,
@@ -159,26 +158,14 @@ class Predictor(InteractivePredictor):
         self.clicks_limit = spec.clicks_limit if clicks_limit is _UNSET else clicks_limit
         self.zoom_in = ZoomIn(ZoomInConfig(zoom_in_target_size, zoom_in_skip_clicks)) if zoom_in else None
         # What the refiner calls: the model itself, or a stand-in running its feed-forward part in ONNX Runtime.
-        self._network: Any = self.model
-        self.backend = "torch"
-        if not (isinstance(backend, str) and backend == "torch" and onnx_files is None):
-            from fbrs.inference.onnx_backend import accelerated_model
-
-            self._network = accelerated_model(self.model, spec, backend, onnx_files, self.device)
-            self.backend = "onnx"
+        runner = backend_from_option(backend, onnx_files)
+        self._network: Any = runner.network(self.model, spec, self.device)
+        self.backend: str = runner.name
         config = BRSConfig(
             lbfgs=LBFGSConfig(maxfun=lbfgs_max_evaluations, maxiter=2 * lbfgs_max_evaluations),
             prob_threshold=prob_threshold,
         )
-        common = {"clicks_limit": self.clicks_limit, "with_flip": with_flip, "config": config}
-        if spec.refiner == "none":
-            self.refiner: Refiner = NoRefinement(**common)
-        elif spec.refiner == "input":
-            self.refiner = InputBRS(spec.target, **common)
-        else:
-            self.refiner = FeatureBRS(
-                spec.target, windowed_gradient=windowed_gradient, guard=resolve_guard(guard, spec.guard), **common
-            )
+        self.refiner: Refiner = spec.build_refiner(config, self.clicks_limit, with_flip, windowed_gradient, guard)
         self._image_tensor: torch.Tensor | None = None
 
     def oracle_refine(self, gt_mask: np.ndarray, ignore_mask: np.ndarray | None = None) -> np.ndarray:

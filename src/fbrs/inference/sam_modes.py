@@ -1,4 +1,5 @@
-"""The SAM family's predictor modes, registered by name beside the DeepLab ones.
+"""The SAM family's predictor modes and their entries for the mode registry (`mode_specs`, read by
+fbrs.registry.load_plugins), beside the DeepLab ones.
 
 Registered with `needs_model=False`: they do not take the DeepLab model the CLIs load; without a model
 they use the bundled SAM-family one (src/fbrs/weights/sam/, loaded once per process), or a SamModel
@@ -8,8 +9,10 @@ passed as model.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from fbrs.registry import PREDICTORS
+if TYPE_CHECKING:
+    from fbrs.registry import ModeSpec
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,7 @@ SAM_OPTIONS = (
 )
 
 
-def _register(spec: SamModeSpec) -> None:
+def _factory(spec: SamModeSpec):
     def factory(model=None, **options):
         from fbrs.inference.sam_predictor import SamPredictor
 
@@ -56,10 +59,20 @@ def _register(spec: SamModeSpec) -> None:
         return SamPredictor(model, insertion=spec.insertion, mode=spec.name, **options)
 
     factory.__doc__ = spec.description
-    PREDICTORS.register(
-        spec.name, needs_model=False, family="sam", options=SAM_OPTIONS, description=spec.description
-    )(factory)
+    return factory
 
 
-for _spec in SAM_MODES.values():
-    _register(_spec)
+def mode_specs() -> list[ModeSpec]:
+    """The registry entries of the SAM family (called by fbrs.registry.load_plugins)."""
+    from fbrs.registry import ModeSpec
+
+    return [
+        ModeSpec(
+            name=spec.name, factory=_factory(spec), family="sam", description=spec.description,
+            needs_model=False, options=SAM_OPTIONS,
+            # SamPredictor takes zoom_in so that callers passing it to every mode work; it has no effect.
+            ignored=("zoom_in",),
+            gradients=spec.insertion is not None, config=spec,
+        )
+        for spec in SAM_MODES.values()
+    ]

@@ -79,7 +79,7 @@ class WarmSegmenter:
         self.max_clicks = max_clicks
         self.prob_threshold = prob_threshold
         self.predictor_options: dict[str, Any] = {"max_image_side": max_image_side, "prob_threshold": prob_threshold}
-        if MODES[mode].refiner == "feature":
+        if MODES[mode].insertion is not None:  # f-BRS
             # Latency over bit-exactness to the original's trajectories, as `fbrs app` (see Predictor).
             self.predictor_options["windowed_gradient"] = True
         self._images: OrderedDict[str, _ImageEntry] = OrderedDict()

@@ -2,7 +2,7 @@
 
     predictor = Predictor(model, mode="f-BRS-B", backend="onnx")  # exports to the cache on first use
     # or with files of `fbrs export-onnx`:
-    backend = OnnxBackend(model, ["default.after_aspp.onnx", "default.decoder_head.onnx"], threads=1)
+    backend = fbrs.onnx.OnnxBackend(model, ["default.after_aspp.onnx", "default.decoder_head.onnx"], threads=1)
     predictor = Predictor(model, mode="f-BRS-B", backend=backend)
 
 What runs where:
@@ -15,12 +15,12 @@ What runs where:
   clicks, or through ASPP for f-BRS-A) stays in torch.
 * RGB-BRS / DistMap-BRS differentiate through the whole network at every L-BFGS step: not supported.
 
-`backend="onnx"` without files exports the parts a mode needs (`parts_for_mode`) once per model into a cache
-folder (`default_cache_dir`: $FBRS_CACHE_DIR, else $XDG_CACHE_HOME/fbrs, else ~/.cache/fbrs), keyed by the
-weights' sha256; the export needs the `onnx` extra too and takes seconds to a minute per part.
+`backend="onnx"` without files exports the parts a mode needs (`fbrs.onnx.policy.parts_for_mode`) once per
+model into a cache folder (`fbrs.onnx.cache`: $FBRS_CACHE_DIR, else $XDG_CACHE_HOME/fbrs, else ~/.cache/fbrs),
+keyed by the weights' sha256; the export needs the `onnx` extra too and takes seconds to a minute per part.
 
 The distance maps (which depend on the number of clicks) are always computed in torch; the files hold the
-network from the fusion conv on (see `fbrs.models.onnx_export`). A file records the sha256 of the weights it
+network from the fusion conv on (see `fbrs.onnx.export`). A file records the sha256 of the weights it
 was exported from and is refused for another model, since the torch half of f-BRS would silently use
 different weights. Predictions agree with the torch backend up to float summation order (ONNX Runtime fuses
 BatchNorm into the convolutions and uses its own kernels), not bit for bit.
@@ -29,16 +29,16 @@ BatchNorm into the convolutions and uses its own kernels), not bit for bit.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
 from fbrs.errors import CheckpointError, ConfigError
 from fbrs.models.interactive_model import INSERTIONS, InteractiveModel
-from fbrs.models.onnx_export import (
+from fbrs.onnx.parts import (
     FORMAT_VERSION,
     LOCAL_PART_AFTER,
     OUTPUT_NAMES,
@@ -48,69 +48,23 @@ from fbrs.models.onnx_export import (
     weights_fingerprint,
 )
 
-BACKENDS = ("torch", "onnx")
 PathLike = str | os.PathLike
 
 
-def default_cache_dir() -> Path:
-    """Where `backend="onnx"` keeps its exports: $FBRS_CACHE_DIR, else $XDG_CACHE_HOME/fbrs, else ~/.cache/fbrs."""
-    if os.environ.get("FBRS_CACHE_DIR"):
-        return Path(os.environ["FBRS_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "fbrs"
+@runtime_checkable
+class OnnxMode(Protocol):
+    """What the ONNX side needs to know of a learned mode (fbrs.inference.modes.LearnedMode has it)."""
+
+    name: str
+    onnx: bool  # its feed-forward part can run in ONNX Runtime (not RGB-/DistMap-BRS)
+    insertion: str | None  # the f-BRS insertion point, None for NoBRS
 
 
-def parts_for_mode(mode_spec: Any) -> tuple[str, ...]:
-    """The ONNX parts that accelerate a mode (a fbrs.inference.modes.ModeSpec): NoBRS the whole pass, f-BRS
-    the network up to its insertion point and the local part after it. RGB-/DistMap-BRS: ConfigError."""
-    if mode_spec.refiner == "none":
-        return ("full",)
-    if mode_spec.refiner == "feature":
-        return (mode_spec.target, LOCAL_PART_AFTER[mode_spec.target])
-    raise _unsupported_mode(mode_spec.name)
-
-
-def _unsupported_mode(mode: str) -> ConfigError:
+def unsupported_mode(mode: str) -> ConfigError:
     return ConfigError(
         f"{mode} differentiates through the whole network at every L-BFGS step: the ONNX backend "
         "supports NoBRS and f-BRS-A/B/C; use backend='torch'"
     )
-
-
-def cached_onnx_files(
-    model: InteractiveModel,
-    parts: Sequence[str],
-    cache_dir: PathLike | None = None,
-    notify: Callable[[str], None] | None = None,
-    refresh: bool = False,
-) -> list[Path]:
-    """The .onnx files of `parts` of `model` in the cache, exported (atomically) where missing, or all of
-    them again with `refresh`.
-
-    The folder is <cache_dir>/onnx/<model name>-<first 16 hex digits of the weights' sha256>, so a retrained
-    or recalibrated model never meets the files of another. notify(message) is called before each export
-    (the CLIs print it: an export takes seconds to a minute)."""
-    from fbrs.models.onnx_export import export_onnx
-
-    unknown = [part for part in parts if part not in PARTS]
-    if unknown:
-        raise ConfigError(f"unknown ONNX part(s) {', '.join(unknown)}; known: {', '.join(PARTS)}")
-    folder = Path(cache_dir or default_cache_dir()) / "onnx" / f"{model.config.name}-{weights_fingerprint(model)[:16]}"
-    paths = []
-    for part in parts:
-        path = folder / f"{part}.onnx"
-        if refresh or not path.is_file():
-            require_modules("onnx", "onnxscript", "onnxruntime")
-            if notify is not None:
-                notify(f"exporting {model.config.name} part {part} to ONNX (once per model): {path}")
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as error:
-                message = f"cannot create the ONNX cache folder {path.parent}: {error}; set FBRS_CACHE_DIR"
-                raise ConfigError(message) from error
-            export_onnx(model, path, part)
-        paths.append(path)
-    return paths
 
 
 class OnnxBackend:
@@ -124,6 +78,9 @@ class OnnxBackend:
             `torch.set_num_threads` / `--threads` govern both backends alike.
         check_weights: refuse files exported from other weights (default True).
     """
+
+    #: What Predictor.backend reports (fbrs.inference.backends.Backend protocol).
+    name = "onnx"
 
     def __init__(
         self,
@@ -195,7 +152,7 @@ class OnnxBackend:
         return tuple(part for part in PARTS if part in self.sessions)
 
     def run(self, part: str, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The part's inputs (fbrs.models.onnx_export.PART_INPUTS: image (B,3,H,W) and coord_features
+        """The part's inputs (fbrs.onnx.parts.PART_INPUTS: image (B,3,H,W) and coord_features
         (B,2,H,W), or features (B,C,h,w)) -> its outputs (OUTPUT_NAMES) as CPU float32 tensors."""
         if part not in self.sessions:
             raise ConfigError(f"no ONNX file for part {part!r}; have: {', '.join(self.parts)}")
@@ -208,20 +165,31 @@ class OnnxBackend:
         }
         return tuple(torch.from_numpy(output) for output in self.sessions[part].run(None, feeds))
 
-    def check_mode(self, refiner: str, target: str | None, mode: str) -> None:
-        """Raise ConfigError unless the files cover the feed-forward part of a mode (see fbrs.inference.modes)."""
-        if refiner == "input":
-            raise _unsupported_mode(mode)
-        if refiner == "none" and not any(part in self.sessions for part in ("full", *INSERTIONS)):
+    def check_mode(self, mode: OnnxMode) -> None:
+        """Raise ConfigError unless the files cover the feed-forward part of `mode`."""
+        if not mode.onnx:
+            raise unsupported_mode(mode.name)
+        if mode.insertion is None and not any(part in self.sessions for part in ("full", *INSERTIONS)):
             raise ConfigError(
-                f"{mode} needs the ONNX part 'full' or an insertion point (have: {', '.join(self.parts)}); "
+                f"{mode.name} needs the ONNX part 'full' or an insertion point (have: {', '.join(self.parts)}); "
                 "write it with fbrs export-onnx --part full"
             )
-        if refiner == "feature" and target not in self.sessions:
+        if mode.insertion is not None and mode.insertion not in self.sessions:
             raise ConfigError(
-                f"{mode} needs the ONNX part {target!r} (have: {', '.join(self.parts)}); "
-                f"write it with fbrs export-onnx --part {target}"
+                f"{mode.name} needs the ONNX part {mode.insertion!r} (have: {', '.join(self.parts)}); "
+                f"write it with fbrs export-onnx --part {mode.insertion}"
             )
+
+    def network(self, model: InteractiveModel, mode: OnnxMode, device: torch.device) -> OnnxAcceleratedModel:
+        """What a Predictor of `model` in `mode` hands its refiner (fbrs.inference.backends.Backend protocol):
+        a stand-in for the model whose feed-forward calls run in these sessions. ConfigError unless the files
+        are of this model's weights, the model is on the CPU and the files cover the mode."""
+        if self.model is not model and weights_fingerprint(self.model) != weights_fingerprint(model):
+            raise ConfigError("this OnnxBackend was built for a model with other weights")
+        if device.type != "cpu":
+            raise ConfigError(f"the ONNX backend runs on the CPU; the model is on {device}")
+        self.check_mode(mode)
+        return OnnxAcceleratedModel(model, self)
 
 
 class OnnxAcceleratedModel:
@@ -269,65 +237,3 @@ class OnnxAcceleratedModel:
         if name.startswith("__") or name in ("model", "backend"):
             raise AttributeError(name)
         return getattr(self.model, name)
-
-
-def export_for_modes(
-    model: InteractiveModel, modes: Sequence[str], notify: Callable[[str], None] | None = None
-) -> list[Path]:
-    """Export into the cache, now, what the named modes (fbrs.inference.modes.MODES) need to run in ONNX
-    Runtime: the CLIs call it before a run so that the wait is announced and workers do not race to export."""
-    from fbrs.inference.modes import MODES
-
-    parts = [part for mode in modes for part in parts_for_mode(MODES[mode])]
-    return cached_onnx_files(model, list(dict.fromkeys(parts)), notify=notify) if parts else []
-
-
-_SHARED_BACKENDS: dict[tuple, OnnxBackend] = {}
-
-
-def shared_backend(model: InteractiveModel, paths: PathLike | Sequence[PathLike]) -> OnnxBackend:
-    """One OnnxBackend per (weights, files, thread count) in this process: a predictor per sample (as
-    `fbrs evaluate` makes them) must not open its ONNX Runtime sessions again each time (~0.1-1 s).
-    Sessions are thread-safe and never modified after opening, so predictors may share them."""
-    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    key = (weights_fingerprint(model), tuple(str(Path(path).resolve()) for path in paths), torch.get_num_threads())
-    if key not in _SHARED_BACKENDS:
-        _SHARED_BACKENDS[key] = OnnxBackend(model, paths)
-    return _SHARED_BACKENDS[key]
-
-
-def accelerated_model(
-    model: InteractiveModel,
-    mode_spec: Any,
-    backend: str | OnnxBackend,
-    onnx_files: PathLike | Sequence[PathLike] | None,
-    device: torch.device,
-) -> InteractiveModel | OnnxAcceleratedModel:
-    """What the Predictor hands to its refiner for `backend` ("torch", "onnx" with `onnx_files`, or an
-    OnnxBackend of this model). mode_spec: a fbrs.inference.modes.ModeSpec."""
-    if isinstance(backend, str):
-        if backend not in BACKENDS:
-            raise ConfigError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)} (or an OnnxBackend)")
-        if backend == "torch":
-            if onnx_files is not None:
-                raise ConfigError("onnx_files is only used with backend='onnx'")
-            return model
-        if onnx_files is not None:
-            backend = shared_backend(model, onnx_files)
-        else:
-            parts = parts_for_mode(mode_spec)
-            try:
-                backend = shared_backend(model, cached_onnx_files(model, parts))
-            except CheckpointError:
-                # A cached file another fbrs version wrote (other format) or one damaged on disk: export again.
-                backend = shared_backend(model, cached_onnx_files(model, parts, refresh=True))
-    elif not isinstance(backend, OnnxBackend):
-        raise ConfigError(f"backend must be 'torch', 'onnx' or an OnnxBackend, got {type(backend).__name__}")
-    elif onnx_files is not None:
-        raise ConfigError("give either an OnnxBackend or onnx_files, not both")
-    elif backend.model is not model and weights_fingerprint(backend.model) != weights_fingerprint(model):
-        raise ConfigError("this OnnxBackend was built for a model with other weights")
-    if device.type != "cpu":
-        raise ConfigError(f"the ONNX backend runs on the CPU; the model is on {device}")
-    backend.check_mode(mode_spec.refiner, mode_spec.target, mode_spec.name)
-    return OnnxAcceleratedModel(model, backend)

@@ -23,8 +23,9 @@ before the upsampling to the input size:
 The predictor runs them for the whole-map pass of each evaluation, which needs no gradient; the gradient
 (on small windows) stays in torch. Since torch and ONNX Runtime then share the work of one objective, the
 ONNX file must come from the very weights of the torch model: the file's metadata holds the model config and
-a sha256 of its state_dict, which `fbrs.inference.onnx_backend` checks. Batch, height and width are dynamic
-axes (torch.export's dynamic shapes): one file serves every Zoom-In crop size, with or without flip TTA.
+a sha256 of its state_dict (`fbrs.onnx.parts.weights_fingerprint`), which `fbrs.onnx.runtime` checks.
+Batch, height and width are dynamic axes (torch.export's dynamic shapes): one file serves every Zoom-In crop
+size, with or without flip TTA.
 
 Needs the optional dependencies `onnx` and `onnxscript` (the torch.export-based exporter): `pip install
 'fbrs[onnx]'`. The legacy TorchScript exporter is not used: with dynamic height/width it bakes the
@@ -34,7 +35,6 @@ traced sizes into the bilinear upsampling and its outputs are wrong at every oth
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
 import os
@@ -44,54 +44,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fbrs.errors import ConfigError, MissingDependencyError
+from fbrs.errors import ConfigError
 from fbrs.io_utils import write_bytes_atomic
-from fbrs.models.interactive_model import INSERTIONS, InteractiveModel
-
-#: The local part that f-BRS re-runs after each insertion point (see the module docstring).
-LOCAL_PART_AFTER = {"after_backbone": "decoder_head", "after_aspp": "decoder_head", "after_decoder": "head"}
-#: Exportable parts: the whole pass, the network up to an f-BRS insertion point, the local parts after them.
-PARTS = ("full", *INSERTIONS, "decoder_head", "head")
-LOCAL_PARTS = ("decoder_head", "head")
-INPUT_NAMES = ("image", "coord_features")
-#: Input names of each part, in the order the exported graph takes them.
-PART_INPUTS = {part: ("features",) if part in LOCAL_PARTS else INPUT_NAMES for part in PARTS}
-#: Output names of each part, in the order the exported graph returns them.
-OUTPUT_NAMES = {
-    "full": ("logits",),
-    "after_backbone": ("features", "skip"),
-    "after_aspp": ("features",),
-    "after_decoder": ("features",),
-    "decoder_head": ("low_logits",),
-    "head": ("low_logits",),
-}
-#: Version of the metadata layout below; bumped when a reader must tell old files apart.
-FORMAT_VERSION = "1"
-#: For each local part, an insertion point it follows (f-BRS-A and f-BRS-B share decoder_head).
-_INSERTION_OF_LOCAL = {"decoder_head": "after_aspp", "head": "after_decoder"}
-INSTALL_HINT = "install the optional ONNX dependencies: pip install 'fbrs[onnx]'"
-
-
-def require_modules(*names: str) -> None:
-    """Raise MissingDependencyError (an FbrsError) naming the extra when an optional module is missing."""
-    import importlib.util
-
-    missing = [name for name in names if importlib.util.find_spec(name) is None]
-    if missing:
-        raise MissingDependencyError(f"{', '.join(missing)} not installed: {INSTALL_HINT}")
-
-
-def weights_fingerprint(model: nn.Module) -> str:
-    """sha256 over the state_dict (names, dtypes, shapes, bytes; parameters and BatchNorm buffers), in key order.
-
-    Ties an ONNX file to the torch model whose remaining layers run beside it."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        # view(uint8) instead of .numpy(): also works for bfloat16 and keeps the exact bytes.
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+from fbrs.models.interactive_model import InteractiveModel
+from fbrs.onnx.parts import (
+    FORMAT_VERSION,
+    INSERTION_OF_LOCAL,
+    LOCAL_PARTS,
+    OUTPUT_NAMES,
+    PART_INPUTS,
+    PARTS,
+    require_modules,
+    weights_fingerprint,
+)
 
 
 class ExportedPart(nn.Module):
@@ -106,7 +71,7 @@ class ExportedPart(nn.Module):
 
     def forward(self, *inputs: torch.Tensor):
         if self.part in LOCAL_PARTS:
-            return self.model.local_logits(_INSERTION_OF_LOCAL[self.part], *inputs)
+            return self.model.local_logits(INSERTION_OF_LOCAL[self.part], *inputs)
         if self.part == "full":
             return self.model.forward_with_maps(*inputs)
         features, skip = self.model.features_from_maps(self.part, *inputs)
@@ -121,7 +86,7 @@ def example_inputs(
     parameter = next(model.parameters())
     options = {"dtype": parameter.dtype, "generator": generator}
     if part in LOCAL_PARTS:
-        channels = model.insertion_channels(_INSERTION_OF_LOCAL[part])
+        channels = model.insertion_channels(INSERTION_OF_LOCAL[part])
         features = torch.randn(batch, channels, size[0] // 4, size[1] // 4, **options)
         return (features.to(parameter.device),)
     image = torch.randn(batch, 3, *size, **options)
@@ -184,7 +149,7 @@ def export_onnx_bytes(
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    proto.doc_string = f"fbrs {model.config.name} ({model.config.backbone}), part {part}: see fbrs.models.onnx_export"
+    proto.doc_string = f"fbrs {model.config.name} ({model.config.backbone}), part {part}: see fbrs.onnx.export"
     # Weights inline (our models are far below protobuf's 2 GB limit): one self-contained file.
     data = proto.SerializeToString()
     onnx.checker.check_model(onnx.load_from_string(data))
@@ -234,7 +199,7 @@ def output_paths(output: str | os.PathLike, parts: list[str]) -> dict[str, Path]
 def max_difference(model: InteractiveModel, path: str | os.PathLike, size: tuple[int, int] = (200, 264)) -> float:
     """Run the exported file in ONNX Runtime and the torch model on one random input of `size` (another size
     than the export's example, so that the dynamic axes are exercised) -> max |difference| of the outputs."""
-    from fbrs.inference.onnx_backend import OnnxBackend
+    from fbrs.onnx.runtime import OnnxBackend
 
     backend = OnnxBackend(model, [path], threads=torch.get_num_threads())
     (part,) = backend.parts
