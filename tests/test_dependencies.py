@@ -7,8 +7,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
-
 BLOCK_MAXFLOW = "import sys; sys.modules['maxflow'] = None  # any import of it now raises ImportError\n"
 
 
