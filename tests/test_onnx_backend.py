@@ -281,3 +281,42 @@ def test_a_damaged_cache_file_is_exported_again(tiny_model, image, tmp_path, mon
     expected.set_image(image)
     np.testing.assert_allclose(predictor.add_click(30, 40, True), expected.add_click(30, 40, True), atol=PROB_TOLERANCE)
     assert full.stat().st_size > 1000
+
+
+def test_weights_fingerprint_is_computed_once_per_model_and_follows_in_place_changes(monkeypatch):
+    import copy
+    import hashlib
+
+    from fbrs.onnx import parts, weights_fingerprint
+
+    hashed, sha256 = [], hashlib.sha256
+    monkeypatch.setattr(parts.hashlib, "sha256", lambda: hashed.append(1) or sha256())
+    model = fbrs.build_model("tiny_test")
+    first = weights_fingerprint(model)
+    assert weights_fingerprint(model) == first and len(hashed) == 1  # the second time from the cache
+    assert weights_fingerprint(copy.deepcopy(model)) == first and len(hashed) == 2  # another object: hashed
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)  # an in-place change of the weights (an optimizer step, a calibration)
+    changed = weights_fingerprint(model)
+    assert changed != first and len(hashed) == 3
+    model.load_state_dict(copy.deepcopy(model).state_dict())  # copy_ in place: same values, hashed again
+    assert weights_fingerprint(model) == changed and len(hashed) == 4
+
+
+def test_the_shared_sessions_are_bounded_and_clearable(tiny_model, monkeypatch, tmp_path):
+    from fbrs.onnx import cache
+
+    class Opened:
+        def __init__(self, model, paths):
+            self.paths = paths
+
+    monkeypatch.setattr(cache, "OnnxBackend", Opened)
+    monkeypatch.setattr(cache, "_SHARED_BACKENDS", type(cache._SHARED_BACKENDS)())
+    first = cache.shared_backend(tiny_model, tmp_path / "0.onnx")
+    assert cache.shared_backend(tiny_model, tmp_path / "0.onnx") is first  # opened once, then shared
+    for index in range(1, 12):
+        cache.shared_backend(tiny_model, tmp_path / f"{index}.onnx")
+    assert len(cache._SHARED_BACKENDS) == cache._SHARED_BACKENDS_SIZE  # the least recently used went
+    assert cache.shared_backend(tiny_model, tmp_path / "0.onnx") is not first
+    cache.clear_shared_backends()
+    assert not cache._SHARED_BACKENDS
