@@ -85,8 +85,6 @@ def test_clicks_undo_and_state_are_exact(name, models, image):
 @pytest.mark.parametrize("name", NAMES)
 def test_predict_is_the_incremental_result(name, models, image):
     predictor = build(PREDICTORS.spec(name), models)
-    if not hasattr(predictor, "predict"):
-        pytest.skip(f"{name}'s predictor has no stateless predict (the classical baselines: not yet)")
     predictor.set_image(image)
     incremental = [predictor.add_click(y, x, p) for y, x, p in CLICKS][-1]
     clicks_before = predictor.clicks
