@@ -123,7 +123,7 @@ class ModeSpec:
 
 
 #: The modules whose `mode_specs()` define the built-in modes, in listing order.
-PLUGIN_MODULES = ("fbrs.inference.modes", "fbrs.inference.sam_modes", "fbrs.baselines")
+PLUGIN_MODULES = ("fbrs.inference.deeplab_modes", "fbrs.inference.sam_modes", "fbrs.baselines")
 
 
 class ModeRegistry:

@@ -1,5 +1,6 @@
-"""The learned DeepLab modes (the paper's six and their guarded variants): what each one does, and their
-entries for the mode registry (`mode_specs`, read by fbrs.registry.load_plugins).
+"""The learned DeepLab modes (the paper's six and their guarded variants): what each one does. Their
+registry entries are built in fbrs.inference.deeplab_modes (which imports the Predictor; this module is
+imported by the Predictor, so it must not).
 
 The refiner kind ("none" | "input" | "feature") is read here only: the Predictor builds its refiner with
 `LearnedMode.build_refiner`, and everything else asks the facts (`onnx`, `insertion`, `gradients`,
@@ -8,7 +9,6 @@ The refiner kind ("none" | "input" | "feature") is read here only: the Predictor
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -16,7 +16,6 @@ if TYPE_CHECKING:
     from fbrs.inference.brs.guard import GuardConfig
     from fbrs.inference.brs.objective import BRSConfig
     from fbrs.inference.brs.refiners import Refiner
-    from fbrs.registry import ModeSpec
 
 
 @dataclass(frozen=True)
@@ -89,34 +88,3 @@ for _name in ("f-BRS-A", "f-BRS-B", "f-BRS-C"):
         f"{_name}-guarded", "feature", _paper.target, _paper.clicks_limit,
         f"{_paper.description}, guarded: a click never flips much of the mask far from every click", guard=True,
     )
-
-
-def _factory(mode: LearnedMode):
-    def factory(model=None, **options):
-        from fbrs.inference.predictor import Predictor
-
-        if model is None:
-            from fbrs.models import load_default_model
-
-            model = load_default_model()
-        return Predictor(model, mode=mode.name, **options)
-
-    factory.__doc__ = mode.description
-    return factory
-
-
-def mode_specs() -> list[ModeSpec]:
-    """The registry entries of the learned modes (called by fbrs.registry.load_plugins)."""
-    from fbrs.inference.predictor import Predictor
-    from fbrs.registry import ModeSpec
-
-    # The options are the Predictor's own keyword arguments, read from its signature so they never drift.
-    options = tuple(name for name in inspect.signature(Predictor).parameters if name not in ("model", "mode"))
-    return [
-        ModeSpec(
-            name=mode.name, factory=_factory(mode), family="deeplab", description=mode.description,
-            needs_model=True, options=options, onnx=mode.onnx, oracle=mode.oracle, gradients=mode.gradients,
-            config=mode,
-        )
-        for mode in MODES.values()
-    ]
