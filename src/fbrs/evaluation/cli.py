@@ -1,4 +1,4 @@
-"""Sub-commands of the evaluation area: `fbrs evaluate`, `fbrs report`, `fbrs bench`, `fbrs study`."""
+"""Sub-commands of the evaluation area: `fbrs evaluate`, `fbrs report`, `fbrs bench` (`fbrs study` is fbrs.studies)."""
 
 from __future__ import annotations
 
