@@ -109,3 +109,54 @@ def augment_sample(
         image, instances, ignore = image[::-1], instances[::-1], ignore[::-1]
     image = jitter_colours(np.ascontiguousarray(image), config.color_jitter, rng)
     return Crop(np.ascontiguousarray(image), np.ascontiguousarray(instances), np.ascontiguousarray(ignore))
+
+
+def paste_object(
+    crop: Crop,
+    patch_image: np.ndarray,
+    patch_mask: np.ndarray,
+    new_id: int,
+    target_id: int,
+    scale_range: tuple[float, float],
+    max_occlusion: float,
+    rng: np.random.Generator,
+    attempts: int = 4,
+) -> Crop:
+    """Copy-paste compositing: lay a real object over the crop, as an occluder.
+
+    patch_image (h, w, 3) uint8 and patch_mask (h, w) bool: the object's bounding box cut from another image.
+    The patch is rescaled so that its longer side is a random fraction (`scale_range`) of the crop's shorter
+    side and put at a random position inside the crop; where its mask is set the crop takes its pixels,
+    `instances` becomes `new_id` (so every mask beneath, the target's included, loses what the object covers)
+    and `ignore` is cleared (the pasted object is fully labelled). A position that would hide more than
+    `max_occlusion` of the target `target_id` is drawn again; after `attempts` the crop is returned unchanged.
+    """
+    if not patch_mask.any():
+        return crop
+    height, width = crop.instances.shape
+    target = crop.instances == target_id
+    target_area = int(target.sum())
+    for _ in range(attempts):
+        side = float(rng.uniform(*scale_range)) * min(height, width)
+        scale = side / max(patch_mask.shape)
+        size = (  # PIL's (width, height)
+            max(1, min(width, round(patch_mask.shape[1] * scale))),
+            max(1, min(height, round(patch_mask.shape[0] * scale))),
+        )
+        mask = np.asarray(Image.fromarray(patch_mask.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 0
+        if not mask.any():
+            continue
+        top = int(rng.integers(0, height - size[1] + 1))
+        left = int(rng.integers(0, width - size[0] + 1))
+        placed = np.zeros((height, width), dtype=bool)
+        placed[top : top + size[1], left : left + size[0]] = mask
+        if target_area and (target & placed).sum() > max_occlusion * target_area:
+            continue
+        pixels = np.asarray(Image.fromarray(patch_image).resize(size, Image.BILINEAR))
+        image, instances, ignore = crop.image.copy(), crop.instances.copy(), crop.ignore.copy()
+        window = (slice(top, top + size[1]), slice(left, left + size[0]))
+        image[window][mask] = pixels[mask]
+        instances[placed] = new_id
+        ignore[placed] = False
+        return Crop(image, instances, ignore)
+    return crop

@@ -29,12 +29,30 @@ else:  # pragma: no cover - Python 3.10
 class DataSource:
     """One training set. kind: "folder" (images/ + masks/ [+ ignore/]), "pack" (a `fbrs pack-data` file) or
     "dataset" (any layout of fbrs.evaluation.datasets: SBD, PASCAL VOC, COCO json; `split` picks the list).
-    weight: relative sampling frequency when several sets are mixed."""
+    weight: relative sampling frequency when several sets are mixed.
+
+    Options for sets that are not plain instance maps (docs/training.md, "Data"):
+    sets: of a pack, only the images of these sets (by folder name; empty = all), so that one pack can feed
+        several sources, each with its own weight and options;
+    ignore_value: a mask value that marks ignored pixels instead of an object (coco_train2017_extra stores its
+        crowd regions as 255; 0 = none);
+    parts: read the `parts/` label maps (ccp_person) instead of `masks/`: every garment region is an object
+        (fbrs.training.data.garment_regions);
+    background_band: for partly annotated sets (> 0): background farther than this many crop pixels from
+        the target is left out of the loss and of the clicks, because an unlabelled object there would
+        be taught as background;
+    validation: whether the held-out images of this source give validation objects (their images stay out
+        of training either way)."""
 
     path: str
     kind: str = "folder"
     weight: float = 1.0
     split: str = "train"
+    sets: tuple[str, ...] = ()
+    ignore_value: int = 0
+    parts: bool = False
+    background_band: int = 0
+    validation: bool = True
 
 
 @dataclass(frozen=True)
@@ -60,6 +78,13 @@ class AugmentConfig:
     vertical_flip: bool = True
     # Maximum relative change of brightness / contrast / saturation; 0 disables colour jitter.
     color_jitter: float = 0.0
+    # Copy-paste compositing (fbrs.training.augment.paste_object): with this probability a real object of
+    # another training image is pasted over the crop; the masks beneath lose what it covers. 0 = off.
+    copy_paste_probability: float = 0.0
+    # The pasted object's longer side, as a fraction of the crop's shorter side.
+    copy_paste_scale_range: tuple[float, float] = (0.3, 0.8)
+    # A paste that would hide more than this fraction of the target is moved (or dropped after a few tries).
+    copy_paste_max_occlusion: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -86,6 +111,10 @@ class ModelSection:
     name: str = "mobilenetv2_dh128"
     backbone_weights: str = ""  # ImageNet features for the backbone ("" = random init)
     init_from: str = ""  # a saved model (e.g. models/default.safetensors) to continue training from
+    # The previous mask as a 6th input channel of the fusion block (RITM's recipe): zeros on the first click,
+    # in training the prediction of the last iterative-sampling pass. With `init_from` a model without it
+    # is widened with a zero weight for the new channel, so training starts from the parent's behaviour.
+    prev_mask_input: bool = False
     overrides: dict[str, Any] = field(default_factory=dict)  # passed to build_model(name, **overrides)
 
 
@@ -277,11 +306,30 @@ def validate_config(config: TrainConfig) -> None:
             raise ConfigError(f"data source {source.path!r}: kind {source.kind!r} is not 'folder', 'pack' or 'dataset'")
         if source.weight <= 0:
             raise ConfigError(f"data source {source.path!r}: weight must be > 0, got {source.weight}")
+        if source.background_band < 0 or not 0 <= source.ignore_value <= 255:
+            raise ConfigError(
+                f"data source {source.path!r}: background_band must be >= 0 and ignore_value in 0..255, got "
+                f"{source.background_band} and {source.ignore_value}"
+            )
+        if source.sets and source.kind != "pack":
+            raise ConfigError(f"data source {source.path!r}: `sets` selects sets of a pack; kind is {source.kind!r}")
+        if source.parts and source.kind == "dataset":
+            raise ConfigError(f"data source {source.path!r}: parts = true needs a folder or a pack with parts/")
     if any(size < 16 for size in config.augment.crop_size):
         raise ConfigError(f"augment.crop_size must be at least 16x16, got {config.augment.crop_size}")
     low, high = config.augment.scale_range
     if not 0 < low <= high:
         raise ConfigError(f"augment.scale_range must satisfy 0 < low <= high, got {config.augment.scale_range}")
+    paste = config.augment
+    if not 0.0 <= paste.copy_paste_probability <= 1.0 or not 0.0 < paste.copy_paste_max_occlusion <= 1.0:
+        raise ConfigError(
+            "augment.copy_paste_probability must be in [0, 1] and augment.copy_paste_max_occlusion in (0, 1], got "
+            f"{paste.copy_paste_probability} and {paste.copy_paste_max_occlusion}"
+        )
+    if not 0 < paste.copy_paste_scale_range[0] <= paste.copy_paste_scale_range[1]:
+        raise ConfigError(
+            f"augment.copy_paste_scale_range must satisfy 0 < low <= high, got {paste.copy_paste_scale_range}"
+        )
     if config.clicks.max_positive < 1 or config.clicks.max_negative < 0:
         raise ConfigError("clicks.max_positive must be >= 1 and clicks.max_negative >= 0")
     if config.loss.name not in ("nfl", "bce"):

@@ -2,7 +2,8 @@
 
 Folder layout (as ../shared/data/train/<set>): `images/<stem>.<ext>`, `masks/<stem>.png` (single channel;
 0 = background, every other value is one object: instance ids 1..N, or 255 for a binary set), optional
-`ignore/<stem>.png` (non-zero = excluded from loss and clicks). A pack is one zip file written by
+`ignore/<stem>.png` (non-zero = excluded from loss and clicks), optional `parts/<stem>.png` (a label map of
+object parts: ccp_person's garments, read with the source option `parts = true`). A pack is one zip file written by
 `fbrs pack-data` with the same content, downscaled, and an `index.json` listing every object's area.
 
 A training sample is one object of one image: an image crop (3, h, w) float32 ImageNet-normalised,
@@ -23,10 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from scipy import ndimage
 
 from fbrs.errors import DatasetError
 from fbrs.images import IMAGENET_MEAN, IMAGENET_STD, as_rgb_uint8, read_image
-from fbrs.training.augment import augment_sample
+from fbrs.training.augment import Crop, augment_sample, paste_object
 from fbrs.training.click_sampler import sample_clicks
 from fbrs.training.config import DataConfig, DataSource, TrainConfig
 
@@ -107,6 +109,13 @@ class FolderSource:
     def stored_areas(self, name: str) -> dict[int, int] | None:
         return None
 
+    def read_parts(self, name: str) -> np.ndarray:
+        """The parts/<stem>.png label map (H, W) of the image (DatasetError when it has none)."""
+        path = self.root / "parts" / f"{name}.png"
+        if not path.is_file():
+            raise DatasetError(f"training set {self.root} has no parts/{name}.png (source option parts = true)")
+        return _decode_mask(path, str(path))
+
     def split_key(self, name: str) -> str:
         """The name the held-out split hashes: "<set>/<stem>", the same as in a pack of this folder."""
         return f"{self.name}/{name}"
@@ -159,6 +168,15 @@ class PackSource:
     def stored_areas(self, name: str) -> dict[int, int] | None:
         return {int(key): int(value) for key, value in self._entries[name]["areas"].items()}
 
+    def read_parts(self, name: str) -> np.ndarray:
+        entry = self._entries[name]
+        if not entry.get("parts"):
+            raise DatasetError(f"{self.path}: {name} has no parts map (source option parts = true)")
+        return _decode_mask(self._open().read(entry["parts"]), f"{self.path}:{entry['parts']}")
+
+    def has_parts(self, name: str) -> bool:
+        return bool(self._entries[name].get("parts"))
+
     def split_key(self, name: str) -> str:
         return name  # already "<set>/<stem>"
 
@@ -188,6 +206,110 @@ class DatasetSource:
     def split_key(self, name: str) -> str:
         # Objects of one image must fall on the same side of the split: hash the image part of the name.
         return f"{self.name}/{name.split('#')[0]}"
+
+
+#: ccp_person labels split into connected components (face, each arm, each leg) instead of one region each.
+COMPONENT_LABELS = ("skin",)
+_COMPONENT_ID_BASE = 100  # component k of such a label gets id 100 + k (garment ids are their labels, 1..58)
+
+
+def garment_regions(labels: np.ndarray, merge_area: float, component_labels: tuple[int, ...] = ()) -> np.ndarray:
+    """Objects from a parts label map (ccp_person's `parts/`: 0 = background, 1..58 = garments, skin, hair).
+
+    Each connected piece of a label smaller than `merge_area` pixels (a strap, a ring, a sliver of a bag
+    behind an arm) is merged into the label it borders most, smallest first, so that it neither becomes a
+    target of its own nor leaves a hole in its neighbour; a piece with no labelled neighbour becomes
+    background. Then every label is one object with its label as id, except the labels in
+    `component_labels` (skin), whose connected pieces become one object each (ids 100, 101, ...).
+    Returns the (H, W) int32 instance map; which objects are large enough to train on is decided by the
+    index (`data.min_object_area`) as for any other mask."""
+    result = labels.astype(np.int32)
+    pieces = []
+    for label in np.unique(result):
+        if label == 0:
+            continue
+        components, _ = ndimage.label(result == label)
+        for index, box in enumerate(ndimage.find_objects(components), start=1):
+            area = int((components[box] == index).sum())
+            if area < merge_area:
+                pieces.append((area, box, components, index))
+    for _, box, components, index in sorted(pieces, key=lambda item: item[0]):
+        grown = tuple(slice(max(b.start - 1, 0), b.stop + 1) for b in box)
+        piece = components[grown] == index
+        ring = ndimage.binary_dilation(piece) & ~piece
+        neighbours = result[grown][ring]
+        neighbours = neighbours[neighbours != result[grown][piece][0]]
+        neighbours = neighbours[neighbours > 0]
+        window = result[grown]
+        window[piece] = np.bincount(neighbours).argmax() if len(neighbours) else 0
+    next_id = _COMPONENT_ID_BASE
+    for label in component_labels:
+        components, count = ndimage.label(result == label)
+        for index in range(1, count + 1):
+            result[components == index] = next_id
+            next_id += 1
+    return result
+
+
+class ConfiguredSource:
+    """A source as one `[[data.sources]]` entry configures it: `sets` of a pack, `ignore_value`, `parts`.
+
+    read() gives (image (H, W, 3) uint8, instance map (H, W), ignore (H, W) uint8 or None) at the stored
+    resolution with the options applied."""
+
+    def __init__(self, base: Source, options: DataSource, min_object_area: int, max_side: int) -> None:
+        self.base, self.options = base, options
+        self.name = base.name
+        self.min_object_area, self.max_side = min_object_area, max_side
+        self._component_labels: tuple[int, ...] = ()
+        if options.parts:
+            self._component_labels = _component_label_values(options.path, options.kind)
+
+    def names(self) -> list[str]:
+        names = self.base.names()
+        if self.options.sets:
+            names = [name for name in names if name.split("/", 1)[0] in self.options.sets]
+        if self.options.parts and isinstance(self.base, PackSource):
+            names = [name for name in names if self.base.has_parts(name)]
+        return names
+
+    def read(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        image, mask, ignore = self.base.read(name)
+        if self.options.parts:
+            labels = self.base.read_parts(name)
+            scale = min(1.0, self.max_side / max(labels.shape)) if self.max_side > 0 else 1.0
+            # Merging happens at the stored resolution: the threshold is the training minimum, scaled up.
+            mask = garment_regions(labels, self.min_object_area / scale**2, self._component_labels)
+        elif self.options.ignore_value:
+            marked = mask == self.options.ignore_value
+            if marked.any():
+                ignore = (marked | (ignore > 0 if ignore is not None else False)).astype(np.uint8)
+                mask = np.where(marked, 0, mask)
+        return image, mask, ignore
+
+    def stored_areas(self, name: str) -> dict[int, int] | None:
+        if self.options.parts:
+            return None
+        areas = self.base.stored_areas(name)
+        if areas is not None and self.options.ignore_value:
+            areas.pop(self.options.ignore_value, None)
+        return areas
+
+    def split_key(self, name: str) -> str:
+        return self.base.split_key(name)
+
+
+def _component_label_values(path: str, kind: str) -> tuple[int, ...]:
+    """The values of COMPONENT_LABELS in the parts_labels.json of the folder (or of the pack's index)."""
+    if kind == "folder" and (Path(path) / "parts_labels.json").is_file():
+        names = json.loads((Path(path) / "parts_labels.json").read_text())["labels"]
+        return tuple(names.index(label) for label in COMPONENT_LABELS if label in names)
+    if kind == "pack":
+        with zipfile.ZipFile(path) as archive:
+            per_set = json.loads(archive.read("index.json")).get("parts_labels", {})
+        values = {names.index(label) for names in per_set.values() for label in COMPONENT_LABELS if label in names}
+        return tuple(sorted(values))
+    return ()
 
 
 Source = FolderSource | PackSource | DatasetSource
@@ -249,7 +371,9 @@ class TrainingData:
 
     def __init__(self, config: DataConfig) -> None:
         self.config = config
-        self.sources: list[Source] = [open_source(s) for s in config.sources]
+        self.sources = [
+            ConfiguredSource(open_source(s), s, config.min_object_area, config.max_side) for s in config.sources
+        ]
         self.weights = np.array([s.weight for s in config.sources], dtype=np.float64)
         self.train_records: list[list[ImageRecord]] = []
         self.validation_records: list[tuple[int, ImageRecord]] = []
@@ -258,7 +382,8 @@ class TrainingData:
             training = []
             for record in records:
                 if is_validation_image(record.source, config.validation_fraction):
-                    self.validation_records.append((source_index, record))
+                    if config.sources[source_index].validation:
+                        self.validation_records.append((source_index, record))
                 else:
                     training.append(record)
             if not training:
@@ -349,9 +474,17 @@ class TrainingDataset(torch.utils.data.Dataset):
             object_id = record.object_ids[int(rng.integers(len(record.object_ids)))]
             image, instances, ignore = self.data.read(source_index, record.name)
             crop = augment_sample(image, instances, ignore, object_id, self.config.augment, rng)
+            # Drawn only when on, so that runs without copy-paste keep their samples.
+            paste = self.config.augment.copy_paste_probability
+            if paste > 0 and rng.random() < paste:
+                crop = self._paste_another_object(crop, object_id, rng)
             target = (crop.instances == object_id) & ~crop.ignore
             if target.sum() >= self._MIN_VISIBLE_PIXELS:
                 break
+        band = self.data.config.sources[source_index].background_band
+        if band > 0:
+            far = far_unlabelled_background(crop.instances, target, band)
+            crop = Crop(crop.image, crop.instances, crop.ignore | far)
         others = (crop.instances > 0) & (crop.instances != object_id)
         clicks = sample_clicks(target, others, crop.ignore, self.config.clicks, rng)
         points = clicks.as_points(self.config.clicks.max_positive, self.config.clicks.max_negative)
@@ -361,6 +494,48 @@ class TrainingDataset(torch.utils.data.Dataset):
             "mask": torch.from_numpy(target.astype(np.float32))[None],
             "valid": torch.from_numpy((~crop.ignore).astype(np.float32))[None],
         }
+
+    def _paste_another_object(self, crop: Crop, object_id: int, rng: np.random.Generator) -> Crop:
+        """Copy-paste: a random object of another training image (sources without `parts`: a floating
+        garment would be no real object) laid over the crop with fbrs.training.augment.paste_object."""
+        donors = [i for i, s in enumerate(self.data.config.sources) if not s.parts]
+        if not donors:
+            return crop
+        weights = self.data.weights[donors] / self.data.weights[donors].sum()
+        source_index = donors[int(rng.choice(len(donors), p=weights))]
+        records = self.data.train_records[source_index]
+        record = records[int(rng.integers(len(records)))]
+        donor_id = record.object_ids[int(rng.integers(len(record.object_ids)))]
+        image, instances, ignore = self.data.read(source_index, record.name)
+        mask = (instances == donor_id) & ~ignore
+        if not mask.any():
+            return crop
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        box = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+        settings = self.config.augment
+        new_id = max(int(crop.instances.max()), object_id) + 1
+        return paste_object(
+            crop,
+            image[box],
+            mask[box],
+            new_id,
+            object_id,
+            settings.copy_paste_scale_range,
+            settings.copy_paste_max_occlusion,
+            rng,
+        )
+
+
+def far_unlabelled_background(instances: np.ndarray, target: np.ndarray, band: int) -> np.ndarray:
+    """(H, W) bool: unlabelled pixels (instance 0) farther than `band` pixels from the (H, W) bool target.
+
+    For partly annotated images (coco_train2017_extra labels only people and vehicles) such pixels may belong
+    to an object nobody labelled; the loss and the clicks leave them out instead of teaching them as
+    background. Labelled other objects stay in: they are true negatives wherever they are."""
+    if not target.any():
+        return np.zeros_like(target)
+    distance = ndimage.distance_transform_edt(~target)
+    return (instances == 0) & (distance > band)
 
 
 class EpochPositions(torch.utils.data.Sampler):

@@ -2,8 +2,9 @@
 enough to ship to a GPU machine together with the code (the transfer limit there is 64 MiB).
 
 The pack is a zip file (stored, not deflated: JPEG and PNG are compressed already) holding
-`images/<set>/<stem>.jpg`, `masks/<set>/<stem>.png`, `ignore/<set>/<stem>.png` and an `index.json`
-with every image's object areas, so that indexing a pack reads no image at all.
+`images/<set>/<stem>.jpg`, `masks/<set>/<stem>.png`, `ignore/<set>/<stem>.png`, `parts/<set>/<stem>.png`
+(where the folder has a `parts/` label map, e.g. ccp_person; its `parts_labels.json` goes into the index) and an
+`index.json` with every image's object areas, so that indexing a pack reads no image at all.
 """
 
 from __future__ import annotations
@@ -82,9 +83,26 @@ def pack_training_data(
                     if ignore is not None and ignore.any():
                         entry["ignore"] = f"ignore/{source.name}/{name}.png"
                         archive.writestr(entry["ignore"], _encode(ignore, "PNG"))
+                    if (source.root / "parts" / f"{name}.png").is_file():
+                        parts = source.read_parts(name)
+                        size = (mask.shape[1], mask.shape[0])
+                        parts = np.asarray(Image.fromarray(parts).resize(size, Image.NEAREST))
+                        entry["parts"] = f"parts/{source.name}/{name}.png"
+                        archive.writestr(entry["parts"], _encode(parts, "PNG"))
                     entries.append(entry)
                     object_count += len(areas)
-            index = {"format": PACK_FORMAT, "max_side": max_side, "sources": names, "images": entries}
+            parts_labels = {
+                source.name: json.loads((source.root / "parts_labels.json").read_text())["labels"]
+                for source in sources
+                if (source.root / "parts_labels.json").is_file()
+            }
+            index = {
+                "format": PACK_FORMAT,
+                "max_side": max_side,
+                "sources": names,
+                "images": entries,
+                "parts_labels": parts_labels,
+            }
             archive.writestr("index.json", json.dumps(index))
         size = temporary.stat().st_size
         if max_bytes is not None and size > max_bytes:
