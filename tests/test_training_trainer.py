@@ -88,7 +88,7 @@ def test_resume_after_a_crash_mid_epoch_gives_the_same_weights(person_folder, tm
     with pytest.raises(KeyboardInterrupt):
         Trainer(_config(person_folder, tmp_path / "resumed", *overrides), progress=False).fit()
     monkeypatch.setattr(Trainer, "_train_step", original_step)
-    resumed = Trainer(_config(person_folder, tmp_path / "resumed", *overrides), resume=True, progress=False)
+    resumed = Trainer(_config(person_folder, tmp_path / "resumed", *overrides), resume=True, progress=False).setup()
     assert (resumed.epoch, resumed.position, resumed.step) == (0, 8, 2)
     resumed.fit()
 
@@ -103,6 +103,7 @@ def test_init_from_continues_a_saved_model_and_records_its_lineage(person_folder
     parent = tmp_path / "first" / "best.safetensors"
     parent_weights = load_model(parent).state_dict()
     second = Trainer(_config(person_folder, tmp_path / "second", f'model.init_from="{parent}"'), progress=False)
+    second.setup()
     for key, value in second.model.state_dict().items():  # starts from the saved weights, not a fresh init
         assert torch.equal(value.cpu(), parent_weights[key].to(value.dtype)), key
     second.fit()
@@ -121,7 +122,7 @@ def test_init_from_continues_a_saved_model_and_records_its_lineage(person_folder
 
 
 def test_training_steps_fit_a_fixed_batch(person_folder, tmp_path):
-    trainer = Trainer(_config(person_folder, tmp_path / "overfit", "optimizer.lr=5e-3"), progress=False)
+    trainer = Trainer(_config(person_folder, tmp_path / "overfit", "optimizer.lr=5e-3"), progress=False).setup()
     trainer._set_learning_rate()
     batch = torch.utils.data.default_collate([trainer.dataset[i] for i in range(4)])
     losses = [trainer._train_step(batch) for _ in range(40)]
@@ -129,7 +130,7 @@ def test_training_steps_fit_a_fixed_batch(person_folder, tmp_path):
 
 
 def test_backbone_learns_at_a_tenth_of_the_rate(person_folder, tmp_path):
-    trainer = Trainer(_config(person_folder, tmp_path / "groups"), progress=False)
+    trainer = Trainer(_config(person_folder, tmp_path / "groups"), progress=False).setup()
     trainer._set_learning_rate()
     backbone_group, head_group = trainer.optimizer.param_groups
     assert backbone_group["lr"] == pytest.approx(0.1 * head_group["lr"])
@@ -175,7 +176,7 @@ def test_cli_pack_data_writes_a_pack_that_trains(person_folder, tmp_path, capsys
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_training_with_mixed_precision(person_folder, tmp_path):
-    trainer = Trainer(_config(person_folder, tmp_path / "cuda", "run.device=cuda"), progress=False)
+    trainer = Trainer(_config(person_folder, tmp_path / "cuda", "run.device=cuda"), progress=False).setup()
     assert trainer.amp_dtype in (torch.bfloat16, torch.float16)
     trainer.fit()
     assert trainer.step == 4 and next(trainer.model.parameters()).is_cuda
@@ -204,7 +205,7 @@ def test_iterative_click_sampling_trains_and_keeps_batchnorm_statistics_out_of_t
     person_folder, tmp_path, monkeypatch
 ):
     overrides = ("clicks.iterative_max=2", "clicks.iterative_probability=1.0")
-    trainer = Trainer(_config(person_folder, tmp_path / "iterative", *overrides), progress=False)
+    trainer = Trainer(_config(person_folder, tmp_path / "iterative", *overrides), progress=False).setup()
     seen = []
     original_forward = type(trainer.model).forward
 
@@ -223,3 +224,71 @@ def test_iterative_click_sampling_trains_and_keeps_batchnorm_statistics_out_of_t
     assert seen[-1][1] > seen[0][1]
     with pytest.raises(ConfigError, match="iterative"):
         Trainer(_config(person_folder, tmp_path / "bad", "clicks.iterative_probability=1.5"), progress=False)
+
+
+def test_constructing_a_trainer_changes_no_global_state(person_folder, tmp_path):
+    """Trainer(config) only reads the config; seeds, threads and files wait for setup() (issue 15, item 6)."""
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(123)
+    before = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate(), torch.get_num_threads())
+    output = tmp_path / "quiet"
+    trainer = Trainer(_config(person_folder, output, "run.threads=2", "run.seed=7"), progress=False)
+    after = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate(), torch.get_num_threads())
+    assert torch.equal(before[0], after[0]) and np.array_equal(before[1], after[1])
+    assert before[2:] == after[2:] and not output.exists()
+    trainer.setup()
+    assert torch.get_num_threads() == 2 and (output / "config.json").is_file()
+    metrics = trainer.run_validation()  # the logs exist from setup on, not only inside fit()
+    assert "iou@1" in metrics and (output / "validation_log.csv").is_file()
+    assert trainer.setup() is trainer  # once only
+
+
+def test_prev_mask_training_widens_the_parent_and_feeds_the_last_pass(person_folder, tmp_path, monkeypatch):
+    first = Trainer(_config(person_folder, tmp_path / "parent"), progress=False)
+    first.fit()
+    parent = tmp_path / "parent" / "best.safetensors"
+    overrides = (
+        f'model.init_from="{parent}"',
+        "model.prev_mask_input=true",
+        "clicks.iterative_max=2",
+        "clicks.iterative_probability=1.0",
+    )
+    trainer = Trainer(_config(person_folder, tmp_path / "child", *overrides), progress=False).setup()
+    assert trainer.model.config.prev_mask_input
+    assert not trainer.model.rgb_conv[0].weight[:, 5].any()  # the new channel starts at zero weight
+    batch = torch.utils.data.default_collate([trainer.dataset[i] for i in range(4)])
+    images, points = batch["image"], batch["points"]
+    parent_model = load_model(parent).float().eval()
+    trainer.model.eval()
+    with torch.no_grad():  # widened with a zero weight: the parent's outputs, whatever the previous mask
+        expected = parent_model(images, points)
+        assert torch.allclose(trainer.model(images, points, torch.rand(4, 1, *images.shape[2:])), expected, atol=1e-5)
+    trainer.model.train()
+    seen = []
+    original_forward = type(trainer.model).forward
+
+    def recording_forward(model, image, points, prev_mask=None):
+        seen.append((model.training, None if prev_mask is None else prev_mask.clone()))
+        return original_forward(model, image, points, prev_mask)
+
+    monkeypatch.setattr(type(trainer.model), "forward", recording_forward)
+    trainer._set_learning_rate()
+    assert math.isfinite(trainer._train_step(batch))
+    passes, final = seen[:-1], seen[-1]
+    assert passes and all(not training for training, _ in passes) and passes[0][1] is None and final[0]
+    assert final[1] is not None and final[1].shape == (4, 1, *images.shape[2:])
+    assert 0.0 <= float(final[1].min()) and float(final[1].max()) <= 1.0
+    if len(passes) == 2:  # the second pass saw the first pass's prediction
+        assert passes[1][1] is not None
+    monkeypatch.undo()
+    trainer.fit()
+    child = load_model(tmp_path / "child" / "best.safetensors")
+    assert child.config.prev_mask_input
+    with pytest.raises(ConfigError, match="prev_mask_input"):
+        Trainer(
+            _config(person_folder, tmp_path / "bad", f'model.init_from="{tmp_path / "child" / "best.safetensors"}"'),
+            progress=False,
+        ).setup()

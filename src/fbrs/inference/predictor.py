@@ -234,7 +234,15 @@ class Predictor(InteractivePredictor):
             width = image.shape[3]
             image = torch.cat([image, torch.flip(image, dims=[3])], dim=0)
             clicks_lists.append([click.moved(click.y, width - click.x - 1) for click in clicks])
-        logits = self.refiner.predict(self._network, image, clicks_lists, image_changed)
+        network = self._network
+        # -- issue 18: a prev_mask_input model also takes the previous probabilities (mapped like the image)
+        if self.model.config.prev_mask_input:
+            from fbrs.models.interactive_model import previous_mask_network
+
+            roi = self.zoom_in.roi if self.zoom_in is not None and self.zoom_in.applied else None
+            network = previous_mask_network(network, self._probabilities, roi, image.shape[2:], self.with_flip)
+        # -- end issue 18
+        logits = self.refiner.predict(network, image, clicks_lists, image_changed)
         with torch.no_grad():
             if self.with_flip:
                 # The original averages the flips on logits, before the sigmoid.

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -38,6 +39,9 @@ class ModelConfig:
     skip_channels: int = 32
     head_mid_channels: int = 64
     norm_radius: float = 260.0
+    # The previous mask as a 6th fusion input (RITM's recipe). Files written before it existed lack the key:
+    # False, so they load and run exactly as before.
+    prev_mask_input: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes (training recipe, ...)
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,7 +106,7 @@ class InteractiveModel(nn.Module):
         self.config = config
         self.dist_maps = DistanceMaps(norm_radius=config.norm_radius)
         self.rgb_conv = nn.Sequential(
-            nn.Conv2d(5, 8, 1),
+            nn.Conv2d(6 if config.prev_mask_input else 5, 8, 1),
             nn.LeakyReLU(negative_slope=0.2),
             nn.BatchNorm2d(8),
             nn.Conv2d(8, 3, 1),
@@ -117,18 +121,33 @@ class InteractiveModel(nn.Module):
         self.head = SegmentationHead(config.deeplab_ch, config.head_mid_channels)
 
     # -- the whole pass ---------------------------------------------------------------------------
-    def forward(self, image: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, points: torch.Tensor, prev_mask: torch.Tensor | None = None) -> torch.Tensor:
         """image (B,3,H,W) ImageNet-normalised float32; points (B,2N,2) (y, x), first N positive,
-        padded with (-1, -1). Returns logits (B,1,H,W)."""
-        return self.forward_with_maps(image, self.dist_maps(image, points))
+        padded with (-1, -1); prev_mask (B,1,H,W) probabilities of the previous prediction, only for a model
+        with `config.prev_mask_input` (None = zeros: the first click). Returns logits (B,1,H,W)."""
+        return self.forward_with_maps(image, self.dist_maps(image, points), prev_mask)
 
-    def forward_with_maps(self, image: torch.Tensor, coord_features: torch.Tensor) -> torch.Tensor:
+    def forward_with_maps(
+        self, image: torch.Tensor, coord_features: torch.Tensor, prev_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Same as forward, with the (B,2,H,W) distance maps given (DistMap-BRS perturbs them)."""
-        features = self.feature_extractor(self.fuse(image, coord_features))
+        features = self.feature_extractor(self.fuse(image, coord_features, prev_mask))
         return upsample_to(self.head(features), image.shape[2:])
 
-    def fuse(self, image: torch.Tensor, coord_features: torch.Tensor) -> torch.Tensor:
-        return self.rgb_conv(torch.cat((image, coord_features), dim=1))
+    def fuse(
+        self, image: torch.Tensor, coord_features: torch.Tensor, prev_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The fusion block: image, distance maps [and previous mask] -> the backbone's 3 input channels."""
+        inputs = [image, coord_features]
+        if self.config.prev_mask_input:
+            if prev_mask is None:
+                prev_mask = image.new_zeros((image.shape[0], 1, *image.shape[2:]))
+            elif prev_mask.shape != (image.shape[0], 1, *image.shape[2:]):
+                raise ValueError(f"prev_mask must have shape (B, 1, H, W) = {(image.shape[0], 1, *image.shape[2:])}")
+            inputs.append(prev_mask.to(image.dtype))
+        elif prev_mask is not None:
+            raise ValueError(f"{self.config.name} takes no previous mask (config.prev_mask_input is False)")
+        return self.rgb_conv(torch.cat(inputs, dim=1))
 
     # -- the pass split around an f-BRS insertion point ------------------------------------------
     def insertion_channels(self, insertion: str) -> int:
@@ -140,18 +159,22 @@ class InteractiveModel(nn.Module):
         }[insertion]
 
     def features_at(
-        self, insertion: str, image: torch.Tensor, points: torch.Tensor
+        self, insertion: str, image: torch.Tensor, points: torch.Tensor, prev_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Run the network up to `insertion`. Returns (features, skip) where skip is the projected
         low-level feature map needed after the backbone insertion (None otherwise)."""
-        return self.features_from_maps(insertion, image, self.dist_maps(image, points))
+        return self.features_from_maps(insertion, image, self.dist_maps(image, points), prev_mask)
 
     def features_from_maps(
-        self, insertion: str, image: torch.Tensor, coord_features: torch.Tensor
+        self,
+        insertion: str,
+        image: torch.Tensor,
+        coord_features: torch.Tensor,
+        prev_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`features_at` with the (B,2,H,W) distance maps given: the part an ONNX export holds (the maps,
         which depend on the number of clicks, stay in torch)."""
-        x = self.fuse(image, coord_features)
+        x = self.fuse(image, coord_features, prev_mask)
         if insertion == "after_decoder":
             return self.feature_extractor(x), None
         c1, c4 = self.feature_extractor.encode(x)
@@ -216,3 +239,76 @@ class InteractiveModel(nn.Module):
     def head_parameters(self) -> list[nn.Parameter]:
         backbone_ids = {id(p) for p in self.backbone_parameters()}
         return [p for p in self.parameters() if id(p) not in backbone_ids]
+
+
+# -- the previous mask as an input (issue 18) ----------------------------------------------------------------
+def widen_for_previous_mask(model: InteractiveModel) -> InteractiveModel:
+    """A copy of `model` with `prev_mask_input` on: the fusion conv gets a 6th input channel whose weight is
+    zero, so the copy computes exactly what `model` does until training moves that weight."""
+    if model.config.prev_mask_input:
+        return model
+    widened = InteractiveModel(dataclasses.replace(model.config, prev_mask_input=True))
+    state = model.state_dict()
+    old = state["rgb_conv.0.weight"]
+    state["rgb_conv.0.weight"] = torch.cat((old, old.new_zeros((old.shape[0], 1, *old.shape[2:]))), dim=1)
+    widened.load_state_dict(state)
+    return widened.to(old.device).train(model.training)
+
+
+class PreviousMaskNetwork:
+    """The model with a previous mask bound to it, for callers that know only `model(image, points)`,
+    `forward_with_maps` and `features_at` (the BRS refiners): every other attribute is the model's own.
+
+    prev_mask: (B,1,h,w) probabilities on the network input (the flip batch included)."""
+
+    def __init__(self, model: InteractiveModel, prev_mask: torch.Tensor) -> None:
+        self.model, self.prev_mask = model, prev_mask
+
+    def __call__(self, image: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        return self.model(image, points, self.prev_mask)
+
+    def forward_with_maps(self, image: torch.Tensor, coord_features: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_with_maps(image, coord_features, self.prev_mask)
+
+    def features_at(
+        self, insertion: str, image: torch.Tensor, points: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.model.features_at(insertion, image, points, self.prev_mask)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+
+def previous_mask_network(
+    network: Any,
+    probabilities: Any,
+    roi: tuple[int, int, int, int] | None,
+    size: tuple[int, int],
+    with_flip: bool,
+) -> PreviousMaskNetwork:
+    """What a predictor hands its refiner for a `prev_mask_input` model: the network with the previous
+    probabilities bound, mapped as the image was (Zoom-In crop `roi` = inclusive (rmin, rmax, cmin, cmax) of
+    the full image, then resized to the network input `size` (h, w); the mirrored copy for flip TTA).
+
+    probabilities: the (H, W) float map of the previous click on the full image, or None (first click: zeros).
+    Raises NotImplementedError for a stand-in network (ONNX Runtime): not supported yet."""
+    if not isinstance(network, InteractiveModel):
+        raise NotImplementedError(
+            "models with prev_mask_input run in torch only: the ONNX backend does not support them yet"
+        )
+    device = next(network.parameters()).device
+    height, width = size
+    if probabilities is None:
+        prev = torch.zeros((1, 1, height, width), device=device)
+    else:
+        probabilities = np.asarray(probabilities, dtype=np.float32)
+        if roi is not None:
+            rmin, rmax, cmin, cmax = roi
+            probabilities = probabilities[rmin : rmax + 1, cmin : cmax + 1]
+        # A copy: the predictor's maps are read-only (shared with its undo history).
+        prev = torch.tensor(probabilities, device=device)[None, None]
+        if tuple(prev.shape[2:]) != (height, width):
+            prev = upsample_to(prev, (height, width))
+    if with_flip:
+        prev = torch.cat((prev, torch.flip(prev, dims=[3])), dim=0)
+    return PreviousMaskNetwork(network, prev)

@@ -102,6 +102,8 @@ def export_onnx_bytes(
     example_size: (H, W) of the example input used for tracing. Both sides are dynamic in the result; the
     example only must not be special for torch.export (not 0 or 1, H != W so the two axes stay apart).
     """
+    if model.config.prev_mask_input:  # issue 18: the exported parts have no previous-mask input
+        raise ConfigError(f"ONNX export of a prev_mask_input model ({model.config.name}) is not supported yet")
     require_modules("onnx", "onnxscript")
     import onnx
 

@@ -104,8 +104,14 @@ class _CsvLog:
 
 
 class Trainer:
-    """Train an InteractiveModel as `config` says. `fit()` runs until the schedule ends and returns the
-    final validation metrics. Under torchrun (WORLD_SIZE > 1) it trains with DistributedDataParallel."""
+    """Train an InteractiveModel as `config` says. Under torchrun (WORLD_SIZE > 1) it trains with
+    DistributedDataParallel.
+
+    `Trainer(config)` only reads and checks the config: no global state changes. `setup()` does everything
+    that has effects beyond the object (torch's thread count, the process group, the global RNG seeds, the
+    device, the output folder and its logs) and builds data, model and optimizer, then loads `last.pt`
+    with `resume`; `fit()` calls it when it has not run and trains until the schedule ends, returning the
+    final validation metrics."""
 
     def __init__(
         self,
@@ -117,29 +123,54 @@ class Trainer:
         self.config = config
         self.output_dir = Path(config.run.output_dir)
         self.progress = progress
+        self.resume = resume
+        self.device_name = device or config.run.device
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.is_main = self.rank == 0
-        self.device = self._pick_device(device or config.run.device)
+        if config.optimizer.batch_size % self.world_size:
+            raise ConfigError(
+                f"optimizer.batch_size {config.optimizer.batch_size} must divide by the {self.world_size} processes"
+            )
+        if config.clicks.iterative_max < 0 or not 0.0 <= config.clicks.iterative_probability <= 1.0:
+            raise ConfigError(
+                "clicks.iterative_max must be >= 0 and clicks.iterative_probability in [0, 1], got "
+                f"{config.clicks.iterative_max} and {config.clicks.iterative_probability}"
+            )
+        self.epoch, self.position, self.step = 0, 0, 0
+        self.elapsed_seconds = 0.0
+        self.best_score = -math.inf
+        self.last_metrics: dict[str, float] = {}
+        self.lineage: list[dict[str, Any]] = []  # the init_from model's history (export metadata)
+        self._ready = False
+
+    def setup(self) -> Trainer:
+        """Prepare the run (once; `fit` calls it): threads, process group, seeds, data, model, optimizer, logs,
+        and the state of `last.pt` when resuming. Returns self."""
+        if self._ready:
+            return self
+        config = self.config
+        self.device = self._pick_device(self.device_name)
         if config.run.threads > 0:
             torch.set_num_threads(config.run.threads)
         if self.world_size > 1 and not torch.distributed.is_initialized():
             backend = "nccl" if self.device.type == "cuda" else "gloo"
             torch.distributed.init_process_group(backend=backend)
-        if config.optimizer.batch_size % self.world_size:
-            raise ConfigError(
-                f"optimizer.batch_size {config.optimizer.batch_size} must divide by the {self.world_size} processes"
-            )
         self._seed(config.run.seed + self.rank)
 
         self.data = TrainingData(config.data)
         self.dataset = TrainingDataset(self.data, config, seed=config.run.seed)
+        self.steps_per_epoch = len(self.dataset) // config.optimizer.batch_size
+        if self.steps_per_epoch < 1:
+            raise ConfigError(
+                f"an epoch has {len(self.dataset)} samples, fewer than one batch of {config.optimizer.batch_size}"
+            )
+        self.total_steps = self.steps_per_epoch * config.schedule.epochs
         self.validation_objects = (
             self.data.validation_objects(config.validation.max_side, config.validation.min_object_area)
             if self.is_main
             else []
         )
-        self.lineage: list[dict[str, Any]] = []  # the init_from model's history (export metadata)
         self.model = self._build_model().to(self.device)
         self.network: torch.nn.Module = self.model
         if self.world_size > 1:
@@ -155,24 +186,13 @@ class Trainer:
         if config.run.amp and self.device.type == "cuda":
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-
-        if config.clicks.iterative_max < 0 or not 0.0 <= config.clicks.iterative_probability <= 1.0:
-            raise ConfigError(
-                "clicks.iterative_max must be >= 0 and clicks.iterative_probability in [0, 1], got "
-                f"{config.clicks.iterative_max} and {config.clicks.iterative_probability}"
-            )
-        self.steps_per_epoch = len(self.dataset) // config.optimizer.batch_size
-        if self.steps_per_epoch < 1:
-            raise ConfigError(
-                f"an epoch has {len(self.dataset)} samples, fewer than one batch of {config.optimizer.batch_size}"
-            )
-        self.total_steps = self.steps_per_epoch * config.schedule.epochs
-        self.epoch, self.position, self.step = 0, 0, 0
-        self.elapsed_seconds = 0.0
-        self.best_score = -math.inf
-        self.last_metrics: dict[str, float] = {}
-        if resume:
+        if self.resume:
             self._load_checkpoint(self.output_dir / "last.pt")
+        self._tensorboard = None
+        if self.is_main:
+            self._open_logs()
+        self._ready = True
+        return self
 
     # -- set-up ------------------------------------------------------------------------------------
     def _pick_device(self, name: str) -> torch.device:
@@ -203,12 +223,22 @@ class Trainer:
                     f"model.init_from {section.init_from} holds {model.config.name!r}, config says {section.name!r}"
                 )
             model = model.float()
+            if model.config.prev_mask_input and not section.prev_mask_input:
+                raise ConfigError(
+                    f"model.init_from {section.init_from} takes a previous mask: set model.prev_mask_input = true"
+                )
+            if section.prev_mask_input:
+                from fbrs.models.interactive_model import widen_for_previous_mask
+
+                model = widen_for_previous_mask(model)  # zero weight on the new channel: the parent's outputs
             for parameter in model.parameters():
                 parameter.requires_grad_(True)
         else:
             overrides = dict(section.overrides)
             if section.backbone_weights:
                 overrides["backbone_weights"] = section.backbone_weights
+            if section.prev_mask_input:
+                overrides["prev_mask_input"] = True
             model = build_model(section.name, **overrides)
         model.train()
         return model
@@ -338,7 +368,6 @@ class Trainer:
         self._validation_log = _CsvLog(
             self.output_dir / "validation_log.csv", ["step", "epoch", *clicks, noc, "score", "elapsed_s"]
         )
-        self._tensorboard = None
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -356,10 +385,14 @@ class Trainer:
         points = batch["points"].to(self.device, non_blocking=True)
         masks = batch["mask"].to(self.device, non_blocking=True)
         valid = batch["valid"].to(self.device, non_blocking=True)
+        prev_mask = None  # the previous mask input (model.prev_mask_input): zeros unless iterative passes ran
         if self.config.clicks.iterative_max > 0:
-            points = self._add_error_clicks(images, points, masks, valid)
+            points, prev_mask = self._add_error_clicks(images, points, masks, valid)
         with self._autocast():
-            logits = self.network(images, points)
+            if self.model.config.prev_mask_input:
+                logits = self.network(images, points, prev_mask)
+            else:
+                logits = self.network(images, points)
         loss = self.loss_function(logits.float(), masks, valid)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss.item()} at step {self.step}")
@@ -371,33 +404,40 @@ class Trainer:
 
     def _add_error_clicks(
         self, images: torch.Tensor, points: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Iterative click sampling (`clicks.iterative_max`): a few no-grad passes, each adding one click per
         sample on the current errors. Drawn from (seed, step), so a resumed run draws the same. The passes run
-        in eval mode: they must not move BatchNorm's running statistics."""
+        in eval mode: they must not move BatchNorm's running statistics.
+
+        Returns the points and, for a prev_mask_input model, the (B, 1, H, W) probabilities of the last pass
+        (the mask the user saw before the last click; RITM's recipe), else None (zeros: no pass ran)."""
         from fbrs.training.iterative import add_error_clicks
 
         settings = self.config.clicks
         generator = torch.Generator().manual_seed(self.config.run.seed * 1_000_003 + self.step)
         if float(torch.rand((), generator=generator)) >= settings.iterative_probability:
-            return points
+            return points, None
         passes = int(torch.randint(1, settings.iterative_max + 1, (), generator=generator))
+        takes_mask = self.model.config.prev_mask_input
+        prev_mask = None
         self.model.eval()
         try:
             with torch.no_grad():
                 for _ in range(passes):
                     with self._autocast():
-                        logits = self.model(images, points)
-                    points = add_error_clicks(torch.sigmoid(logits.float()), masks, valid, points)
+                        logits = self.model(images, points, prev_mask) if takes_mask else self.model(images, points)
+                    probabilities = torch.sigmoid(logits.float())
+                    points = add_error_clicks(probabilities, masks, valid, points)
+                    prev_mask = probabilities if takes_mask else None
         finally:
             self.model.train()
-        return points
+        return points, prev_mask
 
     def fit(self) -> dict[str, float]:
         """Train until the schedule (epochs, or the time budget) is done; returns the last validation metrics."""
+        self.setup()
         config = self.config
         if self.is_main:
-            self._open_logs()
             resuming = f"; resuming at step {self.step}, epoch {self.epoch}" if self.step else ""
             self._say(
                 f"training {config.model.name} on {self.device} x{self.world_size}: "

@@ -61,12 +61,21 @@ def validate(
                 images[index, :, : item.gt.shape[0], : item.gt.shape[1]] = normalize_image(item.image)
             images = images.to(device)
             robots = [ClickRobot(item.gt, item.ignore) for item in batch]
+            takes_mask = bool(getattr(getattr(model, "config", None), "prev_mask_input", False))
+            previous = None
             predictions = [np.zeros_like(item.gt) for item in batch]
             for click_index in range(max_clicks):
                 for robot, prediction in zip(robots, predictions, strict=True):
                     robot.next_click(prediction)
-                points = np.concatenate([clicks_to_points(robot.clicks, click_index + 1) for robot in robots])
-                probabilities = torch.sigmoid(model(images, torch.from_numpy(points).to(device))).cpu().numpy()
+                points = torch.from_numpy(
+                    np.concatenate([clicks_to_points(robot.clicks, click_index + 1) for robot in robots])
+                ).to(device)
+                if takes_mask:  # the previous click's probabilities (zeros before the first), as a user sees them
+                    output = torch.sigmoid(model(images, points, previous))
+                    previous = output
+                else:
+                    output = torch.sigmoid(model(images, points))
+                probabilities = output.cpu().numpy()
                 for index, item in enumerate(batch):
                     object_height, object_width = item.gt.shape
                     predictions[index] = probabilities[index, 0, :object_height, :object_width] > PREDICTION_THRESHOLD
