@@ -229,3 +229,23 @@ def test_v2_recipe_configures_every_shared_set():
     extra = next(s for s in config.data.sources if s.path.endswith("coco_train2017_extra"))
     assert extra.background_band > 0 and extra.ignore_value == 255 and not extra.validation
     assert any(s.parts for s in config.data.sources)
+
+
+def test_data_pack_replaces_the_folders_with_their_sets(sets, tmp_path):
+    summary = pack_training_data([sets["ccp"], sets["extra"]], tmp_path / "pack.zip", max_side=256, progress=False)
+    sources = (
+        f'data.sources=[{{path="{sets["ccp"]}", weight=0.5}}, {{path="{sets["ccp"]}", parts=true}}, '
+        f'{{path="{sets["extra"]}", ignore_value=255, background_band=40}}]'
+    )
+    base = [sources, "data.validation_fraction=0.0", "data.max_side=256", "data.min_object_area=100"]
+    folders = TrainingData(load_config(REPO / "configs" / "tiny_test.toml", base).data)
+    packed_config = load_config(REPO / "configs" / "tiny_test.toml", [*base, f'data.pack="{summary.path}"'])
+    packed = TrainingData(packed_config.data)
+    assert [s.base.path for s in packed.sources] == [summary.path] * 3
+    for from_folder, from_pack in zip(folders.train_records, packed.train_records, strict=True):
+        assert [r.source for r in from_folder] == [r.source for r in from_pack]
+    for index in (0, 2):  # plain masks: the same objects (parts are merged at the stored resolution)
+        assert [r.object_ids for r in folders.train_records[index]] == [
+            r.object_ids for r in packed.train_records[index]
+        ]
+    assert packed.weights.tolist() == [0.5, 1.0, 1.0]

@@ -68,6 +68,9 @@ class DataConfig:
     # 0 means one epoch = one random object from every training image (as the paper's SBD loader).
     samples_per_epoch: int = 0
     num_workers: int = 0
+    # A `fbrs pack-data` file that replaces the folders: each kind = "folder" source reads the pack's set of
+    # the same folder name, with its own weight and options (e.g. on a GPU machine that got only the pack).
+    pack: str = ""
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ validity mask (1, h, w) float32.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -312,6 +313,13 @@ def _component_label_values(path: str, kind: str) -> tuple[int, ...]:
     return ()
 
 
+def _from_pack(source: DataSource, pack: str) -> DataSource:
+    """With `data.pack`, a folder source becomes the pack's set of the same name (weight and options kept)."""
+    if not pack or source.kind != "folder":
+        return source
+    return dataclasses.replace(source, path=pack, kind="pack", sets=(Path(source.path).name,))
+
+
 Source = FolderSource | PackSource | DatasetSource
 
 
@@ -371,9 +379,8 @@ class TrainingData:
 
     def __init__(self, config: DataConfig) -> None:
         self.config = config
-        self.sources = [
-            ConfiguredSource(open_source(s), s, config.min_object_area, config.max_side) for s in config.sources
-        ]
+        options = [_from_pack(source, config.pack) for source in config.sources]
+        self.sources = [ConfiguredSource(open_source(s), s, config.min_object_area, config.max_side) for s in options]
         self.weights = np.array([s.weight for s in config.sources], dtype=np.float64)
         self.train_records: list[list[ImageRecord]] = []
         self.validation_records: list[tuple[int, ImageRecord]] = []
