@@ -5,7 +5,10 @@
 #   bash scripts/gpu_train_job.sh [MINUTES] [WORKERS] [BATCH] [VALIDATE_EVERY] [TIMEOUT_S]
 #
 # Env: DEVICE (default cuda; cpu for a smoke run), PACK (default work/train_pack.zip), INIT (default src/fbrs/weights/default.safetensors), OUT (where the
-# results go; default /tmp/fbrs_gpu_out), PY (default python3), EXTRA (more --set options, space-separated).
+# results go; default /tmp/fbrs_gpu_out), PY (default python3), EXTRA (more --set options, space-separated),
+# RECIPE (default configs/default_mnv2.toml, which trains on the whole pack as one source, as in session 5;
+# any other recipe, e.g. configs/mnv2_v2.toml, keeps its sources, weights and options and reads them from the
+# pack with data.pack).
 # Writes best.safetensors, last.safetensors, train_log.csv, validation_log.csv to $OUT.
 set -u
 MINUTES=${1:-7}; WORKERS=${2:-14}; BATCH=${3:-28}; VALIDATE_EVERY=${4:-500}; TIMEOUT_S=${5:-540}
@@ -15,8 +18,13 @@ mkdir -p "$OUT"; rm -rf "$RUN"
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
-args=(configs/default_mnv2.toml --device "$DEVICE" --no-progress --output-dir "$RUN"
-  --set "data.sources=[{path=\"$PACK\", kind=\"pack\"}]" --set "model.init_from=$INIT"
+RECIPE=${RECIPE:-configs/default_mnv2.toml}
+if [ "$RECIPE" = configs/default_mnv2.toml ]; then
+  data=(--set "data.sources=[{path=\"$PACK\", kind=\"pack\"}]")
+else
+  data=(--set "data.pack=$PACK")
+fi
+args=("$RECIPE" --device "$DEVICE" --no-progress --output-dir "$RUN" "${data[@]}" --set "model.init_from=$INIT"
   --set "optimizer.batch_size=$BATCH" --set 'augment.crop_size=[320, 480]'
   --set "data.num_workers=$WORKERS" --set "data.samples_per_epoch=$((BATCH * 300))"
   --set run.threads=0 --set schedule.warmup_steps=0 --set "validation.every_steps=$VALIDATE_EVERY"
