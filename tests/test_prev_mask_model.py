@@ -35,6 +35,7 @@ def test_old_files_have_no_flag_and_keep_their_five_input_fusion():
     assert "prev_mask_input" not in stored  # written before the option existed
     model = fbrs.models.load_default_model()
     assert not model.config.prev_mask_input and model.rgb_conv[0].in_channels == 5
+    assert model.config.to_json() == json.dumps(stored, sort_keys=True)  # re-saved, its config reads the same
     image, points = torch.randn(1, 3, 64, 80), torch.tensor([[[20.0, 30.0], [-1.0, -1.0]]])
     with pytest.raises(ValueError, match="takes no previous mask"):
         model(image, points, torch.zeros(1, 1, 64, 80))

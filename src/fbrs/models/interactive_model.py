@@ -47,6 +47,8 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["aspp_rates"] = list(self.aspp_rates)
+        if not self.prev_mask_input:
+            del data["prev_mask_input"]  # files of models without it stay as they were before the option
         return data
 
     def to_json(self) -> str:
