@@ -113,7 +113,7 @@ def test_zoom_in_crops_the_previous_mask_like_the_image(monkeypatch):
 
 
 def test_onnx_export_of_a_prev_mask_model_is_refused_clearly():
-    from fbrs.models.onnx_export import export_onnx_bytes
+    from fbrs.onnx.export import export_onnx_bytes
 
     with pytest.raises(ConfigError, match="not supported yet"):
         export_onnx_bytes(_prev_mask_model())
