@@ -128,5 +128,5 @@ def test_sam_guarded_is_the_plain_loop_with_the_guard(image):
         predictor.set_image(image)
     for click in [(35, 50, True), (5, 5, False), (40, 60, True)]:
         np.testing.assert_array_equal(off.add_click(*click), plain.add_click(*click))
-    far = fbrs.create_predictor("SAM-guarded-far", model)
-    assert far.feedback_guard == FeedbackGuardConfig(rules=("far",), max_far_change=0.3)
+    by_iou = fbrs.create_predictor("SAM-guarded-iou", model)
+    assert by_iou.feedback_guard == FeedbackGuardConfig(rules=("iou",), iou_margin=0.05)

@@ -46,9 +46,9 @@ class FeedbackGuardConfig:
     iou_margin: the "iou" rule. Defaults chosen on held-out training objects (benchmarks/sam_options.py
     --guards; table in docs/sam.md)."""
 
-    rules: tuple[str, ...] = ("iou",)
+    rules: tuple[str, ...] = ("far",)
     radius: float = 0.25
-    max_far_change: float = 0.2
+    max_far_change: float = 0.3
     signed: bool = False
     far_ratio: float = 1.0
     iou_margin: float = 0.05
