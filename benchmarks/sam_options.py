@@ -7,6 +7,14 @@ ccp_person) and of coco_train2017 (its largest instance), runs the standard robo
 IoU 0.90) for every combination of mask feedback x first-click multimask choice (the encoder runs once per
 image: the embedding is cached), and prints NoC@85/90, #>=20 and the number of objects that lose > 0.3
 IoU from their best at some click.
+
+    python benchmarks/sam_options.py --per-set 40 --offset 8 --out work/sam_scan.jsonl --modes none
+    python benchmarks/sam_options.py --guards off,clicks,clicks+far0.2 --scan work/sam_scan.jsonl \
+        --out work/sam_guards.jsonl
+
+chooses the feedback guard (fbrs.inference.sam_guard): a scan of more objects with the plain loop finds
+those where it collapses (so that the choice has teeth), then every candidate runs on the regular
+objects and on the collapsing ones.
 """
 
 from __future__ import annotations
@@ -17,21 +25,23 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from fbrs.evaluation.datasets import Sample
 from fbrs.evaluation.metrics import number_of_clicks
 from fbrs.evaluation.protocol import evaluate_sample
+from fbrs.inference.sam_guard import FeedbackGuardConfig
 from fbrs.inference.sam_predictor import SamPredictor
 from fbrs.models.sam.model import load_default_sam_model
 
 TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "train"
-SETS = ("oxford_pets", "weizmann_horses", "ccp_person", "coco_train2017")
+SETS = ("oxford_pets", "weizmann_horses", "ccp_person", "coco_train2017", "coco_train2017_extra")
 
 
-def training_samples(per_set: int, offset: int = 0) -> list[Sample]:
+def training_samples(per_set: int, offset: int = 0, sets: tuple[str, ...] = SETS) -> list[Sample]:
     samples = []
-    for name in SETS:
+    for name in sets:
         folder = TRAIN / name
         images = sorted((folder / "images").iterdir())[offset : offset + 3 * per_set]
         taken = 0
@@ -59,14 +69,61 @@ def training_samples(per_set: int, offset: int = 0) -> list[Sample]:
     return samples
 
 
+#: Feedback-guard candidates (`--guards`): fbrs.inference.sam_guard.FeedbackGuardConfig or False (off).
+GUARDS = {
+    "off": False,
+    "clicks": FeedbackGuardConfig(rules=("clicks",)),
+    "far0.2": FeedbackGuardConfig(rules=("far",), max_far_change=0.2),
+    "clicks+far0.2": FeedbackGuardConfig(rules=("clicks", "far"), max_far_change=0.2),
+    "clicks+far0.1": FeedbackGuardConfig(rules=("clicks", "far"), max_far_change=0.1),
+    "clicks+far0.3": FeedbackGuardConfig(rules=("clicks", "far"), max_far_change=0.3),
+    "clicks+far0.2-r0.5": FeedbackGuardConfig(rules=("clicks", "far"), max_far_change=0.2, radius=0.5),
+    "far0.3": FeedbackGuardConfig(rules=("far",), max_far_change=0.3),
+    "sfar0.2": FeedbackGuardConfig(rules=("far",), max_far_change=0.2, signed=True),
+    "sfar0.1": FeedbackGuardConfig(rules=("far",), max_far_change=0.1, signed=True),
+    "far0.2x0.5": FeedbackGuardConfig(rules=("far",), max_far_change=0.2, far_ratio=0.5),
+    "far0.3x0.5": FeedbackGuardConfig(rules=("far",), max_far_change=0.3, far_ratio=0.5),
+    "far0.3x0.75": FeedbackGuardConfig(rules=("far",), max_far_change=0.3, far_ratio=0.75),
+    "iou0.05+far0.3x0.75": FeedbackGuardConfig(rules=("iou", "far"), max_far_change=0.3, far_ratio=0.75),
+    "clicks+far0.3x0.5": FeedbackGuardConfig(rules=("clicks", "far"), max_far_change=0.3, far_ratio=0.5),
+    "iou0.05": FeedbackGuardConfig(rules=("iou",), iou_margin=0.05),
+    "clicks+iou0.05": FeedbackGuardConfig(rules=("clicks", "iou"), iou_margin=0.05),
+    "clicks+far0.2+iou0.05": FeedbackGuardConfig(rules=("clicks", "far", "iou"), iou_margin=0.05),
+}
+
+
+def drops(curve: list[float], amount: float = 0.3) -> bool:
+    """Whether the IoU falls by more than `amount` below its best so far at some click."""
+    return any(max(curve[: i + 1]) - value > amount for i, value in enumerate(curve))
+
+
+def summary(curves: list[list[float]]) -> str:
+    noc85 = np.mean([number_of_clicks(c, 0.85) for c in curves])
+    noc90 = np.mean([number_of_clicks(c, 0.90) for c in curves])
+    failed = sum(max(c) < 0.90 for c in curves)
+    return (f"objects {len(curves)} NoC@85 {noc85:.2f} NoC@90 {noc90:.2f} #>=20 {failed} "
+            f"drops>0.3 {sum(drops(c) for c in curves)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--per-set", type=int, default=8)
     parser.add_argument("--offset", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("work/sam_options.jsonl"))
     parser.add_argument("--modes", default="plain", help="plain: the 4 option combinations; or SAM insertions")
+    parser.add_argument("--guards", default=None, help=f"feedback-guard candidates instead: {','.join(GUARDS)}")
+    parser.add_argument("--insertion", default=None, help="--guards: on this f-BRS insertion (default: plain loop)")
+    parser.add_argument("--scan", type=Path, default=None,
+                        help="--guards: an earlier plain-loop log (lines {sample, ious}) taken as the 'off' runs")
+    parser.add_argument("--sets", default=",".join(SETS), help="training sets, in this order")
+    parser.add_argument("--scan-offset", type=int, default=8)
+    parser.add_argument("--scan-per-set", type=int, default=40)
     args = parser.parse_args()
+    torch.set_num_threads(1)
     model = load_default_sam_model()
+    if args.guards is not None:
+        run_guards(args, model)
+        return
     combos = [
         {"mask_feedback": feedback, "multimask_first_click": multimask}
         for feedback, multimask in itertools.product((True, False), (True, False))
@@ -84,11 +141,53 @@ def main() -> None:
                                       "spc": float(np.mean(result.click_seconds))}) + "\n")
                 log.flush()
     for key, curves in results.items():
-        noc85 = np.mean([number_of_clicks(c, 0.85) for c in curves])
-        noc90 = np.mean([number_of_clicks(c, 0.90) for c in curves])
-        failed = sum(number_of_clicks(c, 0.90) >= 20 and max(c) < 0.90 for c in curves)
-        drops = sum(any(max(c[: i + 1]) - v > 0.3 for i, v in enumerate(c)) for c in curves)
-        print(f"{key}: objects {len(curves)} NoC@85 {noc85:.2f} NoC@90 {noc90:.2f} #>=20 {failed} drops>0.3 {drops}")
+        print(f"{key}: {summary(curves)}")
+
+
+def run_guards(args: argparse.Namespace, model) -> None:
+    """Every --guards candidate on the first --per-set objects of each set ("regular"), and a scan of the
+    next --scan-per-set objects of each set: there the plain loop ("off") runs first and the other
+    candidates only where it collapses ("collapsing"). Resumable through --out; --scan: earlier plain-loop
+    logs (lines {sample, ious}) taken as "off" runs."""
+    names = args.guards.split(",")
+    done: dict[tuple[str, str], list[float]] = {}
+    for path in [args.scan] if args.scan is not None else []:
+        for record in map(json.loads, path.read_text().splitlines()):
+            done[(record["sample"], "off")] = record["ious"]
+    if args.out.is_file():
+        for record in map(json.loads, args.out.read_text().splitlines()):
+            if record.get("insertion") == args.insertion and "guard" in record:
+                done[(record["sample"], record["guard"])] = record["ious"]
+    sets = tuple(args.sets.split(","))
+    regular = training_samples(args.per_set, args.offset, sets) if args.per_set else []
+    scanned = training_samples(args.scan_per_set, args.scan_offset, sets) if args.scan_per_set else []
+    print(f"{len(regular)} regular + {len(scanned)} scanned held-out training objects")
+
+    def run(log, sample: Sample, name: str) -> list[float]:
+        if (sample.name, name) not in done:
+            predictor = SamPredictor(model, insertion=args.insertion, feedback_guard=GUARDS[name])
+            result = evaluate_sample(predictor, sample)
+            done[(sample.name, name)] = result.ious
+            log.write(json.dumps({"sample": sample.name, "insertion": args.insertion, "guard": name,
+                                  "ious": result.ious, "spc": float(np.mean(result.click_seconds))}) + "\n")
+            log.flush()
+        return done[(sample.name, name)]
+
+    collapsing: list[Sample] = []
+    with open(args.out, "a") as log:
+        for sample in regular:
+            for name in names:
+                run(log, sample, name)
+        for sample in scanned:
+            if drops(run(log, sample, "off")):
+                collapsing.append(sample)
+                for name in names:
+                    run(log, sample, name)
+    for group, samples in (("regular", regular), ("collapsing", collapsing), ("all", regular + collapsing)):
+        for name in names:
+            curves = [done[(s.name, name)] for s in samples if (s.name, name) in done]
+            if curves:
+                print(f"{group:10s} {name:24s} {summary(curves)}")
 
 
 if __name__ == "__main__":

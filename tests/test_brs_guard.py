@@ -104,3 +104,38 @@ def test_paper_modes_are_unguarded_and_guarded_variants_with_the_guard_off_are_i
         np.testing.assert_array_equal(unguarded.add_click(y, x, positive), expected)
         result = guarded.add_click(y, x, positive)
         assert result.shape == expected.shape and guarded.refiner.last_guard_fraction in (None, 0.0, 0.25, 0.5, 1.0)
+
+
+# A large leak (the right third of the frame) with a negative click in it: removing all of it is the
+# correction the clicks ask for, far from every click but on the negative click's side.
+LEAK = torch.zeros_like(OBJECT)
+LEAK[..., 44:] = True
+LEAK_CLICKS = [[Click(32, 28, True), Click(32, 54, False)]]
+
+
+def test_the_signed_guard_counts_only_flips_against_the_nearest_click():
+    plain, signed = GuardConfig(), GuardConfig(signed=True)
+    network, removed = _logits(OBJECT | LEAK), _logits(OBJECT)
+    assert far_change(removed, network, LEAK_CLICKS, plain, 0.49) > 0.3  # the unsigned guard rejects it
+    assert far_change(removed, network, LEAK_CLICKS, signed, 0.49) == 0.0
+    # Losing the object behind the positive click still counts.
+    assert far_change(DESTRUCTIVE, NETWORK, CLICKS, signed, 0.49) > 0.5
+
+
+def test_an_insisting_click_may_change_more():
+    config = GuardConfig(insist=1.0)
+    solution = np.ones(8, dtype=np.float32)
+    table = {0.0: NETWORK, 1.0: DESTRUCTIVE, 0.5: DESTRUCTIVE, 0.25: DESTRUCTIVE}
+    insisting = [[Click(32, 28, True), Click(32, 45, False), Click(33, 46, False)]]
+
+    def fraction(previous, clicks):
+        return guarded_solution(config, _logits_at(table), solution, DESTRUCTIVE, clicks, 0.49, previous)[2]
+
+    assert fraction(0.0, insisting) == 1.0  # the previous click was rejected and this one is next to it
+    assert fraction(1.0, insisting) == 0.0 and fraction(None, insisting) == 0.0  # nothing was rejected before
+    assert fraction(0.0, [[Click(32, 28, True), Click(32, 45, False), Click(33, 46, True)]]) == 0.0  # other label
+    assert fraction(0.0, [[Click(32, 28, True), Click(32, 45, False), Click(2, 2, False)]]) == 0.0  # elsewhere
+    no_insisting = GuardConfig(insist=None)
+    assert guarded_solution(no_insisting, _logits_at(table), solution, DESTRUCTIVE, insisting, 0.49, 0.0)[2] == 0.0
+    # The default lets an insisting click change up to 0.3 far away, not wreck the mask.
+    assert guarded_solution(GuardConfig(), _logits_at(table), solution, DESTRUCTIVE, insisting, 0.49, 0.0)[2] == 0.0

@@ -21,6 +21,9 @@ class SamModeSpec:
     insertion: str | None  # None: the plain SAM loop; else FeatureBRS at this SAM_INSERTIONS point
     description: str
     guard: bool = False  # fbrs.inference.brs.guard on by default (the "-guarded" variants)
+    # fbrs.inference.sam_guard on by default: True (FeedbackGuardConfig()) or FeedbackGuardConfig's arguments
+    # (a dict: this module stays free of torch imports)
+    feedback_guard: bool | dict = False
 
 
 SAM_MODES: dict[str, SamModeSpec] = {
@@ -37,13 +40,24 @@ for _plain in list(SAM_MODES.values())[1:]:
         f"{_plain.name}-guarded", _plain.insertion,
         f"{_plain.description}, guarded: a click never flips much of the mask far from every click", guard=True,
     )
+SAM_MODES["SAM-guarded"] = SamModeSpec(
+    "SAM-guarded", None,
+    "SAM plain loop, guarded: the no-mask answer where the fed-back one changes much of the mask far away",
+    feedback_guard=True,
+)
+# The runner-up on held-out training objects (docs/sam.md), for the evaluation sets beside SAM-guarded.
+SAM_MODES["SAM-guarded-iou"] = SamModeSpec(
+    "SAM-guarded-iou", None, "SAM plain loop, guarded: the no-mask answer where SAM rates it clearly better",
+    feedback_guard={"rules": ("iou",), "iou_margin": 0.05},
+)
 
 
 #: The predictor options (`fbrs evaluate`'s predictor_options, `create_predictor(mode, **options)`) that the
 #: SAM modes take; the runner drops the others (flip TTA, clicks limit, max image side, backend) and
 #: `fbrs evaluate` says so.
 SAM_OPTIONS = (
-    "lbfgs_max_evaluations", "max_clicks", "prob_threshold", "mask_feedback", "multimask_first_click", "guard"
+    "lbfgs_max_evaluations", "max_clicks", "prob_threshold", "mask_feedback", "multimask_first_click", "guard",
+    "feedback_guard",
 )
 
 
@@ -56,6 +70,11 @@ def _factory(spec: SamModeSpec):
 
             model = load_default_sam_model()
         options.setdefault("guard", spec.guard)
+        if "feedback_guard" not in options and isinstance(spec.feedback_guard, dict):
+            from fbrs.inference.sam_guard import FeedbackGuardConfig
+
+            options["feedback_guard"] = FeedbackGuardConfig(**spec.feedback_guard)
+        options.setdefault("feedback_guard", spec.feedback_guard)
         return SamPredictor(model, insertion=spec.insertion, mode=spec.name, **options)
 
     factory.__doc__ = spec.description

@@ -45,6 +45,7 @@ class SamNetwork:
         self.mask_prompt = mask_prompt
         self.multimask = multimask
         self.last_mask_index: int | None = None
+        self.last_iou: float | None = None  # SAM's IoU prediction of the chosen mask (fbrs.inference.sam_guard)
 
     def __call__(self, frame: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """frame (1, 1, L, L) (only its size is used); points (1, 2N, 2) (y, x) in the frame, positives
@@ -69,6 +70,7 @@ class SamNetwork:
         if self.multimask:
             index = int(onnx_mask_choice(token_side.iou_predictions, prompt.num_points)[0])
         self.last_mask_index = index
+        self.last_iou = float(token_side.iou_predictions[0, index])
         return features, SamContext(prompt, token_side, index)
 
     def logits_from(

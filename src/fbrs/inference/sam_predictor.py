@@ -18,6 +18,7 @@ from fbrs.inference.brs.guard import GuardConfig, resolve_guard
 from fbrs.inference.brs.objective import BRSConfig, LBFGSConfig
 from fbrs.inference.brs.refiners import FeatureBRS, NoRefinement, Refiner
 from fbrs.inference.interactive import InteractivePredictor, PredictorState
+from fbrs.inference.sam_guard import FeedbackGuardConfig, choose_answer, no_mask_answer, resolve_feedback_guard
 from fbrs.inference.sam_network import SamNetwork
 from fbrs.models.sam.decoder import SAM_INSERTIONS
 from fbrs.models.sam.frame import to_low_res, upscale_logits
@@ -55,6 +56,9 @@ class SamPredictor(InteractivePredictor):
         max_clicks: refuse clicks beyond this many (None: no limit).
         guard: f-BRS only: False (default) / True / a `fbrs.inference.brs.guard.GuardConfig`: damp an L-BFGS
             solution that flips many pixels far from every click relative to the decoder's own answer.
+        feedback_guard: with mask feedback: False (default) / True / a `sam_guard.FeedbackGuardConfig`: also run
+            the decoder without the mask input at each click and keep that answer where the fed-back one
+            violates more clicks or changes much of the mask far from the new click (`sam_guard`).
         zoom_in: accepted so that callers which pass it to every mode work; Zoom-In is not implemented for
             this family, the whole image is always encoded.
 
@@ -75,6 +79,7 @@ class SamPredictor(InteractivePredictor):
         zoom_in: bool = False,
         mode: str | None = None,
         guard: GuardConfig | bool | None = None,
+        feedback_guard: FeedbackGuardConfig | bool | None = None,
     ) -> None:
         if not isinstance(model, SamModel):
             raise TypeError(f"SAM modes need a SamModel (fbrs.models.sam), got {type(model).__name__}")
@@ -97,6 +102,8 @@ class SamPredictor(InteractivePredictor):
             self.refiner: Refiner = NoRefinement(**common)
         else:
             self.refiner = FeatureBRS(insertion, guard=resolve_guard(guard, False), **common)
+        self.feedback_guard = resolve_feedback_guard(feedback_guard, False)
+        self.last_feedback_choice: str | None = None  # "fed" or the sam_guard rule that chose the no-mask answer
         self._embedding: ImageEmbedding | None = None
         self._low_res: torch.Tensor | None = None  # (1, 1, L, L) logits of the last click: the next mask input
 
@@ -134,6 +141,14 @@ class SamPredictor(InteractivePredictor):
         mask_prompt = self._low_res if self.mask_feedback else None
         network = SamNetwork(self.model.decoder, embedding, mask_prompt, self.multimask_first_click)
         low_res = self.refiner.predict(network, frame, [clicks], image_changed=False).detach()
+        self.last_feedback_choice = None
+        if self.feedback_guard is not None and mask_prompt is not None:
+            free, free_iou = no_mask_answer(self.model.decoder, embedding, self.multimask_first_click, frame, clicks)
+            self.last_feedback_choice = choose_answer(
+                self.feedback_guard, low_res, network.last_iou, free, free_iou, mask_prompt, clicks
+            )
+            if self.last_feedback_choice != "fed":
+                low_res = free
         with torch.no_grad():
             logits = upscale_logits(low_res, embedding.resized_size, embedding.image_size, config.input_size)
             probabilities = torch.sigmoid(logits)[0, 0].cpu().numpy().astype(np.float32, copy=False)

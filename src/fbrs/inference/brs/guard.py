@@ -29,13 +29,24 @@ class GuardConfig:
     `min_radius` pixels of the refiner's frame. max_far_change: the largest accepted number of far pixels
     that the refinement flips, as a fraction of the union of the refined mask and the network's own mask.
     damping: the fractions t of the solution tried in turn when it is rejected (then t = 0: the network's
-    own answer). radius 0.25 and max_far_change 0.2 were chosen on held-out training objects
-    (benchmarks/guard_options.py; table in docs/evaluation.md)."""
+    own answer). radius 0.25, max_far_change 0.2 and insist 0.3 were chosen on held-out training objects
+    (benchmarks/guard_options.py; table in docs/evaluation.md); GuardConfig(insist=None) is the first
+    round's guard.
+
+    signed: count only the far flips that go against the label of the nearest click (turned on where the
+    nearest click is negative, off where it is positive): a large correction in the direction the clicks
+    ask for is free, destroying the object behind an older positive click is not. Only the unflipped
+    items are compared (the flipped copy's clicks are mirrored). insist: after a click whose solution was
+    damped or rejected, a next click of the same label near it (within the radius) is the user insisting
+    there, and rejecting again stalls the robot on the same spot: for that click the largest accepted far
+    change is `insist` instead of max_far_change (1.0: accept the solution; None: no such rule)."""
 
     radius: float = 0.25
     max_far_change: float = 0.2
     damping: tuple[float, ...] = (0.5, 0.25)
     min_radius: float = 5.0
+    signed: bool = False
+    insist: float | None = 0.3
 
 
 def far_from_clicks(clicks_lists: Sequence[Sequence[Click]], height: int, width: int, radius: float) -> torch.Tensor:
@@ -51,22 +62,61 @@ def far_from_clicks(clicks_lists: Sequence[Sequence[Click]], height: int, width:
     return far
 
 
+def nearest_click_positive(clicks_lists: Sequence[Sequence[Click]], height: int, width: int) -> torch.Tensor:
+    """(B, 1, height, width) bool: whether the nearest click of the pixel's batch item is positive."""
+    rows = torch.arange(height, dtype=torch.float32).view(-1, 1)
+    columns = torch.arange(width, dtype=torch.float32).view(1, -1)
+    positive = torch.zeros((len(clicks_lists), 1, height, width), dtype=torch.bool)
+    for index, clicks in enumerate(clicks_lists):
+        nearest = torch.full((height, width), float("inf"))
+        for click in clicks:
+            distance = (rows - click.y) ** 2 + (columns - click.x) ** 2
+            closer = distance < nearest
+            nearest = torch.where(closer, distance, nearest)
+            positive[index, 0] = torch.where(closer, click.is_positive, positive[index, 0])
+    return positive
+
+
 def far_change(
     logits: torch.Tensor, reference: torch.Tensor, clicks_lists: Sequence[Sequence[Click]],
     config: GuardConfig, threshold: float,
 ) -> float:
     """Pixels where the masks of `logits` and `reference` ((B, 1, h, w) logits) differ farther than the
-    radius from every click, as a fraction of the union of both masks (0 when both are empty)."""
+    radius from every click (with `config.signed`: and against the nearest click's label), as a fraction of
+    the union of both masks (0 when both are empty)."""
     logit_threshold = float(np.log(threshold / (1 - threshold)))
+    if config.signed:
+        logits, reference = logits[: len(clicks_lists)], reference[: len(clicks_lists)]
     mask = logits.detach() > logit_threshold
     reference_mask = reference.detach() > logit_threshold
     union = float((mask | reference_mask).sum())
     if union == 0:
         return 0.0
-    per_item = union / max(1, logits.shape[0])
-    radius = max(config.min_radius, config.radius * float(np.sqrt(per_item)))
-    far = far_from_clicks(clicks_lists, logits.shape[2], logits.shape[3], radius)
-    return float(((mask ^ reference_mask) & far).sum()) / union
+    radius = click_radius(config, union / max(1, logits.shape[0]))
+    height, width = logits.shape[2:]
+    changed = (mask ^ reference_mask) & far_from_clicks(clicks_lists, height, width, radius)
+    if config.signed:
+        changed &= mask != nearest_click_positive(clicks_lists, height, width)
+    return float(changed.sum()) / union
+
+
+def click_radius(config: GuardConfig, area: float) -> float:
+    """"Near a click": this many pixels of the frame, for a mask of `area` pixels."""
+    return max(config.min_radius, config.radius * float(np.sqrt(area)))
+
+
+def insisting(config: GuardConfig, clicks_lists: Sequence[Sequence[Click]], previous_fraction: float | None,
+              reference: torch.Tensor, threshold: float) -> bool:
+    """config.insist is set, the previous click's solution was damped or rejected, and the new click has its
+    label and lies within the radius of it (radius from the area of the network's own mask, first item)."""
+    if config.insist is None or previous_fraction is None or previous_fraction >= 1.0:
+        return False
+    clicks = clicks_lists[0]
+    if len(clicks) < 2 or clicks[-1].is_positive != clicks[-2].is_positive:
+        return False
+    area = float((reference[0] > float(np.log(threshold / (1 - threshold)))).sum())
+    distance = float(np.hypot(clicks[-1].y - clicks[-2].y, clicks[-1].x - clicks[-2].x))
+    return distance <= click_radius(config, area)
 
 
 def guarded_solution(
@@ -76,18 +126,23 @@ def guarded_solution(
     solution_logits: torch.Tensor,
     clicks_lists: Sequence[Sequence[Click]],
     threshold: float,
+    previous_fraction: float | None = None,
 ) -> tuple[np.ndarray, torch.Tensor, float]:
     """-> (variables, logits, t): the refined `solution` (t = 1) if its mask changes little far from the
     clicks relative to the network's own answer `logits_at(0)`, else the first damped `t * solution` that
-    does, else the network's own answer (t = 0). `logits_at(x)`: flat variables -> (B, 1, h, w) logits."""
+    does, else the network's own answer (t = 0). `logits_at(x)`: flat variables -> (B, 1, h, w) logits.
+    previous_fraction: t of the previous click (`config.insist`)."""
     zero = np.zeros_like(solution)
     reference = logits_at(zero)
-    if far_change(solution_logits, reference, clicks_lists, config, threshold) <= config.max_far_change:
+    limit = config.max_far_change
+    if insisting(config, clicks_lists, previous_fraction, reference, threshold):
+        limit = config.insist
+    if far_change(solution_logits, reference, clicks_lists, config, threshold) <= limit:
         return solution, solution_logits, 1.0
     for fraction in config.damping:
         candidate = (solution * fraction).astype(solution.dtype)
         logits = logits_at(candidate)
-        if far_change(logits, reference, clicks_lists, config, threshold) <= config.max_far_change:
+        if far_change(logits, reference, clicks_lists, config, threshold) <= limit:
             return candidate, logits, float(fraction)
     return zero, reference, 0.0
 

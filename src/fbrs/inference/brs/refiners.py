@@ -149,16 +149,19 @@ class FeatureBRS(Refiner):
         super().reset()
         self.variables = None
         self._cache = None
+        self.last_guard_fraction = None
 
     def get_state(self) -> dict[str, Any]:
         return {
             "variables": None if self.variables is None else self.variables.copy(),
             "cache": self._cache,  # tensors are never modified in place: sharing them is safe
+            "guard_fraction": self.last_guard_fraction,  # GuardConfig.insist looks at the previous click's
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.variables = None if state["variables"] is None else state["variables"].copy()
         self._cache = state["cache"]
+        self.last_guard_fraction = state.get("guard_fraction")
 
     def predict(self, model, image, clicks_lists, image_changed):
         height, width = image.shape[2:]
@@ -209,6 +212,7 @@ class FeatureBRS(Refiner):
                 unpack, positive, negative,
             )
         self.variables = self._optimise(objective, self.variables, num_clicks)
+        previous_fraction, self.last_guard_fraction = self.last_guard_fraction, None
         if self.guard is not None and objective.best_logits is not None and objective.best_x is not None:
 
             def logits_at(x: np.ndarray) -> torch.Tensor:
@@ -217,7 +221,7 @@ class FeatureBRS(Refiner):
 
             variables, logits, self.last_guard_fraction = guarded_solution(
                 self.guard, logits_at, objective.best_x, objective.best_logits, clicks_lists,
-                self.config.prob_threshold,
+                self.config.prob_threshold, previous_fraction,
             )
             if self.last_guard_fraction < 1.0:  # else keep the original's state: the final x of L-BFGS
                 self.variables = variables
