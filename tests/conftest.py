@@ -84,3 +84,22 @@ def tiny_model():
                 module.running_mean.uniform_(-0.1, 0.1)
                 module.running_var.uniform_(0.5, 1.5)
     return model.eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_sam():
+    """A tiny random SAM-shaped model (fbrs.models.sam.tiny), the same weights in every test module."""
+    from fbrs.models.sam.tiny import build_tiny_sam_model
+
+    return build_tiny_sam_model(seed=0)
+
+
+@pytest.fixture(scope="module")
+def box_image():
+    """(72, 96, 3) uint8: dark noise with a bright 30 x 40 box at rows 20-49, columns 30-69 (the object)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    picture = rng.integers(0, 60, size=(72, 96, 3), dtype=np.uint8)
+    picture[20:50, 30:70] = rng.integers(180, 255, size=(30, 40, 3), dtype=np.uint8)
+    return picture

@@ -25,13 +25,6 @@ FAST = {"deeplab": {"zoom_in_target_size": 48, "lbfgs_max_evaluations": 4}, "sam
 
 
 @pytest.fixture(scope="module")
-def tiny_sam():
-    from fbrs.models.sam.tiny import build_tiny_sam_model
-
-    return build_tiny_sam_model(seed=0)
-
-
-@pytest.fixture(scope="module")
 def image():
     rng = np.random.default_rng(0)
     picture = rng.integers(0, 60, size=(HEIGHT, WIDTH, 3), dtype=np.uint8)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fbrs.inference.brs.guard import GuardConfig, far_change
+from fbrs.inference.brs.guard import GuardConfig, config_from_option, far_change
 from fbrs.inference.clicks import Click, points_tensor
 from fbrs.inference.sam_network import SamNetwork
 from fbrs.models.sam.decoder import SamDecoder
@@ -118,14 +118,5 @@ def no_mask_answer(
 
 
 def resolve_feedback_guard(value: FeedbackGuardConfig | bool | None, mode_default: bool) -> FeedbackGuardConfig | None:
-    """A predictor's `feedback_guard` option -> the config: None = the mode's default (on in "SAM-guarded"),
-    False = off, True = FeedbackGuardConfig(), or a FeedbackGuardConfig as given."""
-    if value is None:
-        value = mode_default
-    if isinstance(value, FeedbackGuardConfig):
-        return value
-    if value is True:
-        return FeedbackGuardConfig()
-    if value is False:
-        return None
-    raise TypeError(f"feedback_guard must be None, a bool or a FeedbackGuardConfig, got {type(value).__name__}")
+    """A predictor's `feedback_guard` option -> the config (on by default in "SAM-guarded")."""
+    return config_from_option(value, mode_default, FeedbackGuardConfig, "feedback_guard")

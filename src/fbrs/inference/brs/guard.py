@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -147,15 +148,20 @@ def guarded_solution(
     return zero, reference, 0.0
 
 
-def resolve_guard(value: GuardConfig | bool | None, mode_default: bool) -> GuardConfig | None:
-    """A predictor's `guard` option -> the refiner's: None = the mode's default (on for the registered
-    "...-guarded" modes), False = off, True = GuardConfig(), or a GuardConfig as given."""
+def config_from_option(value: Any, mode_default: bool, config_type: type, option: str) -> Any:
+    """A predictor's on/off option that may also carry a config (`guard`, `feedback_guard`) -> the config or
+    None: None = the mode's default, False = off, True = `config_type()`, or a `config_type` as given."""
     if value is None:
         value = mode_default
-    if isinstance(value, GuardConfig):
+    if isinstance(value, config_type):
         return value
     if value is True:
-        return GuardConfig()
+        return config_type()
     if value is False:
         return None
-    raise TypeError(f"guard must be None, a bool or a GuardConfig, got {type(value).__name__}")
+    raise TypeError(f"{option} must be None, a bool or a {config_type.__name__}, got {type(value).__name__}")
+
+
+def resolve_guard(value: GuardConfig | bool | None, mode_default: bool) -> GuardConfig | None:
+    """A predictor's `guard` option -> the refiner's (on by default for the registered "...-guarded" modes)."""
+    return config_from_option(value, mode_default, GuardConfig, "guard")
