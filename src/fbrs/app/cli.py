@@ -53,6 +53,7 @@ def build_app(
     from fbrs.app.engine import PredictionEngine
     from fbrs.app.project import AnnotationProject, AppLimits
     from fbrs.app.server import create_app
+    from fbrs.inference.default_mode import FALLBACK_MODE
 
     if images_dir is None:
         images_dir = SAMPLES_DIR
@@ -60,9 +61,13 @@ def build_app(
         out_dir = SAMPLES_OUT_DIR  # the package folder may be read-only, and is no place for user data
     project = AnnotationProject(images_dir, out_dir, limits=limits or AppLimits(), labels=labels)  # checks the folder
     model_name = "given model" if model is not None else None
+    # A model given by the user is a DeepLab one: new sessions run it (f-BRS-B) rather than the SAM family,
+    # which would ignore it. Without one the default is the app's DEFAULT_MODE (the SAM family).
+    default_mode = FALLBACK_MODE if model is not None or model_path is not None else None
     if model is None:
         model, model_name = load_app_model(model_path)
-    engine = PredictionEngine(model, model_name=model_name, backend=prepare_backend(model, backend))
+    engine = PredictionEngine(model, model_name=model_name, backend=prepare_backend(model, backend),
+                              default_mode=default_mode)
     if not any(mode["available"] for mode in engine.modes()):
         raise CheckpointError("no predictor mode can run without a model; pass --model PATH")
     from fbrs.app.guards import LOOPBACK_HOSTS
@@ -77,16 +82,17 @@ def prepare_backend(model: Any, backend: str) -> str:
     With ONNX Runtime, export the default mode's parts now (once per model, then cached), so that the first
     click does not wait for it; other modes export on first use. "auto" falls back to torch, with a warning,
     when the export fails (e.g. an unwritable cache folder); "onnx" raises."""
-    from fbrs.app.engine import DEFAULT_MODE
     from fbrs.errors import FbrsError
+    from fbrs.inference.default_mode import FALLBACK_MODE
     from fbrs.onnx.policy import backend_for_mode
 
-    if model is None or backend_for_mode(backend, DEFAULT_MODE) != "onnx":
+    # The DeepLab model's mode the app starts with (or falls back to); the SAM family has its own model.
+    if model is None or backend_for_mode(backend, FALLBACK_MODE) != "onnx":
         return "torch"
     from fbrs.onnx import export_for_modes
 
     try:
-        export_for_modes(model, [DEFAULT_MODE], notify=lambda text: print(f"fbrs app: {text}"))
+        export_for_modes(model, [FALLBACK_MODE], notify=lambda text: print(f"fbrs app: {text}"))
     except FbrsError as error:
         if backend == "onnx":
             raise
@@ -160,6 +166,9 @@ def run_app(
         print(f"fbrs app: warning: skipping {name}: {reason}", file=sys.stderr)
     if context.labels.explicit:
         print(f"fbrs app: labels: {', '.join(context.labels.names)}")
+    if context.engine.default_note:
+        print(f"fbrs app: {context.engine.default_note}", file=sys.stderr)
+    print(f"fbrs app: default mode {context.engine.default_mode} (change it in the UI's Mode menu)")
     print(f"fbrs app: open {url}  (API docs: {url}docs; Ctrl+C to stop)")
     if host not in ("127.0.0.1", "localhost", "::1"):
         print("fbrs app: warning: the API has no authentication; anyone who reaches "

@@ -18,6 +18,7 @@ from fbrs.app.engine import PredictionEngine, PredictorSettings
 from fbrs.app.errors import SessionNotFoundError, UnknownImageError
 from fbrs.app.labels import LabelSet
 from fbrs.app.payloads import decode_image_upload
+from fbrs.app.prefetch import EmbeddingPrefetcher
 from fbrs.app.project import AnnotationProject, AppLimits
 from fbrs.app.sessions import AnnotationSession
 from fbrs.app.store import SessionStore, SpillFolder, Tombstone
@@ -42,6 +43,7 @@ class AppContext:
     labels: LabelSet
     store: SessionStore = field(init=False)
     spill: SpillFolder = field(init=False)
+    prefetcher: EmbeddingPrefetcher | None = field(init=False)  # None without a folder
 
     def __post_init__(self) -> None:
         self.spill = SpillFolder()
@@ -49,6 +51,7 @@ class AppContext:
             self.limits.max_sessions, self.limits.max_session_bytes, persist=self._persist,
             restore=self._restore, forget=lambda tombstone: self.spill.discard(tombstone.session_id),
         )
+        self.prefetcher = None if self.project is None else EmbeddingPrefetcher(self.engine, self.project.load_image)
 
     # ---------------------------------------------------------------------------------- folder
 
@@ -69,6 +72,14 @@ class AppContext:
         return AnnotationSession(annotations.load_image(image_name), self.engine, image_name=image_name,
                                  saved=annotations.saved_annotation(image_name), session_id=session_id,
                                  labels=self.labels)
+
+    def prefetch_next(self, image_name: str, settings: PredictorSettings) -> None:
+        """Encode the folder image after `image_name` in the background (SAM family; see fbrs.app.prefetch)."""
+        names = [] if self.project is None else self.project.image_names
+        if self.prefetcher is not None and image_name in names:
+            following = names.index(image_name) + 1
+            if following < len(names):
+                self.prefetcher.schedule(names[following], settings)
 
     # ------------------------------------------------------------------------------- sessions
 
@@ -97,6 +108,8 @@ class AppContext:
 
     def close(self) -> None:
         """At shutdown: unfinished clicks of folder images survive a restart through their click logs."""
+        if self.prefetcher is not None:
+            self.prefetcher.close()
         for session in self.store.sessions():
             if session.image_name is not None and self.project is not None and session.version > 0:
                 self.save_to_folder(session)

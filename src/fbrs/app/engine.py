@@ -14,8 +14,11 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from fbrs.app.errors import ModeUnavailableError
+from fbrs.app.latency import LatencyLog
 
-DEFAULT_MODE = "f-BRS-B"
+#: The app's default predictor mode (README "Which mode is the default"); where it cannot run (the SAM
+#: files or ONNX Runtime missing) the app falls back to fbrs.inference.default_mode.FALLBACK_MODE and says so.
+DEFAULT_MODE = "SAM"
 
 
 APP_MAX_IMAGE_SIDE = 1024
@@ -82,11 +85,13 @@ class PredictionEngine:
     factory: optional replacement of the library's `create_predictor` (settings -> predictor), used
     to run the app against something other than the registered modes.
     backend: "torch", "onnx" or "auto" for the learned modes (fbrs.onnx.policy.backend_for_mode).
+    default_mode: the mode of new sessions (None: DEFAULT_MODE); where it cannot run, the fall-back mode
+    (`default_note` says why).
     """
 
     def __init__(self, model: Any = None, factory: PredictorFactory | None = None,
                  modes: list[tuple[str, bool]] | None = None, model_name: str | None = None,
-                 backend: str = "torch") -> None:
+                 backend: str = "torch", default_mode: str | None = None) -> None:
         self.model = model
         self.backend = backend
         self.model_name = model_name or (None if model is None else type(model).__name__)
@@ -95,6 +100,9 @@ class PredictionEngine:
         # Sessions share one model. Their predictions take turns: on a CPU box parallel forward passes
         # only fight over the cores, and predictors (baselines included) need not be thread-safe.
         self.model_lock = threading.Lock()
+        self.latency = LatencyLog()  # every session's prepare / click times (GET /api/info reports them)
+        self._preferred_default = default_mode or DEFAULT_MODE
+        self._default: tuple[str, str | None] | None = None
 
     def modes(self) -> list[dict[str, Any]]:
         """Every mode as {"name", "needs_model", "available", "unavailable_reason"} (the reason None when
@@ -110,10 +118,36 @@ class PredictionEngine:
         return entries
 
     def default_settings(self) -> PredictorSettings:
+        return PredictorSettings(mode=self.default_mode)
+
+    @property
+    def default_mode(self) -> str:
+        """The mode of new sessions: the preferred default if it can run here, else the fall-back mode,
+        else the first available one (decided once: files do not come and go while the app runs)."""
+        if self._default is None:
+            self._default = self._resolve_default()
+        return self._default[0]
+
+    @property
+    def default_note(self) -> str | None:
+        """Why the preferred default mode is not the default (None: it is)."""
+        self.default_mode  # noqa: B018 - resolves it
+        return self._default[1]
+
+    def _resolve_default(self) -> tuple[str, str | None]:
+        from fbrs.inference.default_mode import FALLBACK_MODE, unavailable_reason
+
         available = [mode["name"] for mode in self.modes() if mode["available"]]
-        if DEFAULT_MODE in available or not available:
-            return PredictorSettings()
-        return PredictorSettings(mode=available[0])
+        preferred = self._preferred_default
+        # A test's own factory builds its modes itself: nothing on disk to check.
+        reason = None if self._factory is not None or preferred not in available else unavailable_reason(preferred)
+        if preferred in available and reason is None:
+            return preferred, None
+        for candidate in (FALLBACK_MODE, *available):
+            if candidate in available and (self._factory is not None or unavailable_reason(candidate) is None):
+                note = None if reason is None else f"default mode {preferred} unavailable: {reason}; using {candidate}"
+                return candidate, note
+        return preferred, None  # nothing runs: check_mode explains it at the first request
 
     def check_mode(self, mode: str) -> None:
         for entry in self.modes():

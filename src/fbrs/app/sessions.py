@@ -141,6 +141,7 @@ class AnnotationSession:
         self.objects: list[SavedObject] = []
         self.done = False
         self.last_latency_ms: float | None = None
+        self.prepare_ms: float | None = None  # the last predictor build + set_image (SAM: the encoder)
         self.version = 0  # bumps on every change; the UI uses it to refetch the overlay
         self.closed = False  # set (under the lock) once the store has evicted the session: callers retry
         self.pins = 0  # requests using the session now (SessionStore.checkout); a pinned session stays live
@@ -222,13 +223,28 @@ class AnnotationSession:
     # ---------------------------------------------------------------------------------- predictions
 
     def _ensure_predictor(self) -> InteractivePredictor:
-        if self._predictor is None or self._predictor_settings != self.settings:
+        if not self.prepared:
+            started = time.perf_counter()
             predictor = self.engine.create(self.settings)
             if not isinstance(predictor, InteractivePredictor):
                 predictor = _ReplayedPredictor(predictor)
             predictor.set_image(self.image)
             self._predictor, self._predictor_settings = predictor, self.settings
+            self.prepare_ms = (time.perf_counter() - started) * 1000.0
+            self.engine.latency.record("prepare", self.settings.mode, self.prepare_ms)
         return self._predictor
+
+    @property
+    def prepared(self) -> bool:
+        """Whether the predictor for the current settings has the image (the next click does not wait for
+        an image encoder)."""
+        return self._predictor is not None and self._predictor_settings == self.settings
+
+    def prepare(self) -> None:
+        """Build the predictor and set the image now (the SAM family's encoder: seconds), so that the first
+        click does not wait for it; the UI shows "preparing image" meanwhile. No-op when prepared."""
+        with self.lock:
+            self._ensure_predictor()
 
     def _predict_click(self, click: Click) -> np.ndarray:
         predictor = self._ensure_predictor()
@@ -263,7 +279,9 @@ class AnnotationSession:
                 raise AnnotationConflictError(
                     f"an object takes at most {MAX_CLICKS_PER_OBJECT} clicks; finish it or reset it"
                 )
+            self._ensure_predictor()  # timed apart (prepare_ms): latency_ms is the click's own time
             probabilities = self._timed(lambda: self._predict_click(click))
+            self.engine.latency.record("click", self.settings.mode, self.last_latency_ms)
             if label is not None:
                 self.label = label
             self._changed()
@@ -450,6 +468,8 @@ class AnnotationSession:
                 ],
                 "done": self.done,
                 "latency_ms": None if self.last_latency_ms is None else round(self.last_latency_ms, 1),
+                "prepared": self.prepared,
+                "prepare_ms": None if self.prepare_ms is None else round(self.prepare_ms, 1),
             }
 
 

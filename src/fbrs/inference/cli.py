@@ -14,6 +14,9 @@ import numpy as np
 from fbrs.errors import ConfigError, InvalidClickError
 
 SAMPLES_DIR = Path(__file__).resolve().parents[1] / "data" / "samples"
+#: `fbrs predict`'s mode when --mode is not given (README "Which mode is the default"). With --model (a
+#: DeepLab file) the default is fbrs.inference.default_mode.FALLBACK_MODE instead, and without the SAM files.
+DEFAULT_PREDICT_MODE = "SAM"
 
 
 _CLICK_OR_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$|^-[\d.]+,")
@@ -100,6 +103,8 @@ def run_predict(args: argparse.Namespace) -> int:
     from fbrs.inference import accepted_options, available_modes, create_predictor
     from fbrs.registry import PREDICTORS
 
+    if args.mode is None:
+        args.mode = default_predict_mode(args.model)
     if args.mode not in available_modes():
         raise ConfigError(f"unknown mode {args.mode!r}; available: {', '.join(available_modes())}")
     clicks = [parse_click(text) for text in args.click]
@@ -149,6 +154,19 @@ def run_predict(args: argparse.Namespace) -> int:
         f"({len(clicks)} clicks, {args.mode}, {time.perf_counter() - started:.2f} s)"
     )
     return 0
+
+
+def default_predict_mode(model_path: str | None) -> str:
+    """The mode of `fbrs predict` without --mode: DEFAULT_PREDICT_MODE, unless a (DeepLab) --model is given
+    or the default cannot run here (then the fall-back mode, with a line on stderr saying why)."""
+    from fbrs.inference.default_mode import FALLBACK_MODE, runnable_default
+
+    if model_path is not None:
+        return FALLBACK_MODE
+    mode, note = runnable_default(DEFAULT_PREDICT_MODE)
+    if note:
+        _print_stderr(note)
+    return mode
 
 
 #: Predictor option -> the `fbrs predict` argument it comes from.
@@ -302,9 +320,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict._negative_number_matcher = _CLICK_OR_NUMBER
     predict.add_argument("--model", help="model file (.safetensors or original f-BRS .pth); default: bundled model")
     predict.add_argument(
-        "--mode", default="f-BRS-B",
-        help="predictor mode (default f-BRS-B): " + ", ".join(MODES) + ", the SAM family (SAM, SAM-f-BRS-...), "
-        "classical baselines; `fbrs models` lists them all",
+        "--mode", default=None,
+        help=f"predictor mode (default {DEFAULT_PREDICT_MODE}; f-BRS-B with --model or without the SAM files): "
+        + ", ".join(MODES) + ", the SAM family (SAM, SAM-f-BRS-...), classical baselines; `fbrs models` lists them all",
     )
     predict.add_argument("--zoom-in", dest="zoom_in", action=argparse.BooleanOptionalAction, default=True)
     predict.add_argument(

@@ -18,6 +18,7 @@ def info(context: Context) -> dict[str, Any]:
     return {
         "modes": engine.modes(),
         "default_settings": engine.default_settings().to_dict(),
+        "default_note": engine.default_note,  # why the app's preferred default mode is not the default
         "labels": context.labels.to_list(),
         "model": engine.model_name,
         "backend": engine.backend,
@@ -29,6 +30,7 @@ def info(context: Context) -> dict[str, Any]:
             "max_clicks_per_object": MAX_CLICKS_PER_OBJECT,
             "display_max_side": limits.display_max_side,
         },
+        "latency": engine.latency.summary(),  # {mode: {"prepare" | "click": {"count", "median_ms", ...}}}
         "sessions": {"live": len(store), "memory_bytes": store.memory_bytes(), "evictions": store.evictions,
                      "restores": store.restores},
         "folder": None if project is None else {

@@ -9,6 +9,7 @@ from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import Response
 
 from fbrs.app.context import Context
+from fbrs.app.engine import PredictorSettings
 from fbrs.app.payloads import decode_image_upload, jpeg_bytes, png_bytes, resized_for_display
 from fbrs.app.sessions import AnnotationSession
 from fbrs.app.validation import SettingsRequest
@@ -38,6 +39,20 @@ def create_session(
 @router.get("/api/sessions/{session_id}", summary="Session state: clicks, objects, settings, latency")
 def get_session(session_id: str, context: Context) -> dict[str, Any]:
     return context.use(session_id, lambda session: session.state())
+
+
+@router.post("/api/sessions/{session_id}/prepare", summary="Get the image ready for clicks (the SAM encoder)")
+def prepare_session(session_id: str, context: Context) -> dict[str, Any]:
+    """Blocks until the predictor has the image (for the SAM family: the image encoder, seconds; cached or
+    prefetched images return at once); then the next folder image is encoded in the background."""
+    def prepare(session: AnnotationSession) -> tuple[dict[str, Any], PredictorSettings]:
+        session.prepare()
+        return session.state(), session.settings
+
+    state, settings = context.use(session_id, prepare)
+    if state["image_name"] is not None:
+        context.prefetch_next(state["image_name"], settings)
+    return state
 
 
 @router.delete("/api/sessions/{session_id}", status_code=204, summary="Close a session")

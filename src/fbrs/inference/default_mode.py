@@ -1,0 +1,48 @@
+"""The mode a command runs when the user names none, and the fall-back when it cannot run here.
+
+The app (`fbrs.app.engine.DEFAULT_MODE`) and `fbrs predict` (`fbrs.inference.cli.DEFAULT_PREDICT_MODE`) each
+keep their own constant (today both "SAM", chosen on GrabCut and Berkeley NoC@90 and #>=20 at an accepted
+latency, see README); this module decides, in one place, whether that mode can run on this install. The
+SAM family needs its two model files (bundled package data, or $FBRS_SAM_DECODER / $FBRS_SAM_ENCODER) and
+ONNX Runtime for the encoder; without them the commands fall back to the bundled DeepLab's f-BRS-B and
+say why.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+#: What a command runs when its preferred default cannot run here (the paper's recommended mode).
+FALLBACK_MODE = "f-BRS-B"
+
+
+def unavailable_reason(mode: str) -> str | None:
+    """Why `mode` cannot run on this install (a sentence), or None when it can as far as files and
+    packages go. Only the SAM family has something to check: its files and ONNX Runtime; DeepLab modes
+    load their model later and explain a missing one there."""
+    from fbrs.inference import available_modes
+    from fbrs.registry import PREDICTORS
+
+    if mode not in PREDICTORS:
+        available_modes()  # the baselines register on import
+    if mode not in PREDICTORS:
+        return f"mode {mode!r} is not registered"
+    if PREDICTORS.meta(mode).get("family") != "sam":
+        return None
+    from fbrs.models.sam.model import missing_sam_files
+
+    missing = missing_sam_files()
+    if missing:
+        return f"the SAM model files are missing ({', '.join(str(path) for path in missing)})"
+    if importlib.util.find_spec("onnxruntime") is None:
+        return "the SAM image encoder needs ONNX Runtime (pip install 'fbrs[onnx]')"
+    return None
+
+
+def runnable_default(preferred: str, fallback: str = FALLBACK_MODE) -> tuple[str, str | None]:
+    """(mode, note): `preferred` when it can run here (note None), else `fallback` and a line for the user
+    saying why, e.g. "default mode SAM unavailable: the SAM model files are missing (...); using f-BRS-B"."""
+    reason = unavailable_reason(preferred)
+    if reason is None:
+        return preferred, None
+    return fallback, f"default mode {preferred} unavailable: {reason}; using {fallback}"
