@@ -121,25 +121,30 @@ def robot_click_sequence(
     return list(robot.clicks)
 
 
-def _timed_sequence(predictor: Any, image: np.ndarray, clicks: list[Click], synchronize) -> list[float]:
-    """Seconds of each click of one sequence (set_image not included, see _timed_set_image)."""
+def _timed_sequence(
+    predictor: Any, image: np.ndarray, clicks: list[Click], synchronize
+) -> tuple[list[float], list[float]]:
+    """(wall seconds, process CPU seconds) of each click of one sequence (set_image not included, see
+    _timed_set_image)."""
     predictor.set_image(image)
-    times = []
+    times, cpu_times = [], []
     for click in clicks:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         predictor.add_click(click.y, click.x, click.is_positive)
         synchronize()
         times.append(time.perf_counter() - start)
-    return times
+        cpu_times.append(time.process_time() - cpu_start)
+    return times, cpu_times
 
 
-def _timed_set_image(predictor: Any, image: np.ndarray, synchronize) -> float:
-    """Seconds of set_image on an image the predictor has not seen (the SAM family's encoder included)."""
+def _timed_set_image(predictor: Any, image: np.ndarray, synchronize) -> tuple[float, float]:
+    """(wall, process CPU) seconds of set_image on an image the predictor has not seen (the SAM family's
+    encoder included)."""
     _forget_image(predictor)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     predictor.set_image(image)
     synchronize()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu_start
 
 
 def process_peak_rss() -> int:
@@ -220,20 +225,24 @@ def run_benchmark(settings: BenchSettings, out_path: str | os.PathLike) -> dict[
     image, mask = synthetic_scene(settings.crop_size)
     clicks = robot_click_sequence(model, image, mask, settings.clicks, settings.with_flip)
     times: dict[str, list[list[float]]] = {mode: [] for mode in modes}
+    cpu_times: dict[str, list[list[float]]] = {mode: [] for mode in modes}
     image_times: dict[str, list[float]] = {mode: [] for mode in modes}
+    image_cpu_times: dict[str, list[float]] = {mode: [] for mode in modes}
     peak_cuda: dict[str, int] = {}
     for repeat in range(settings.repeats + 1):  # round 0 = warm-up, not recorded
         for mode in modes:
             predictor = _make_predictor(mode, model, settings)
-            image_seconds = _timed_set_image(predictor, image, synchronize)
+            image_seconds, image_cpu_seconds = _timed_set_image(predictor, image, synchronize)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            sequence = _timed_sequence(predictor, image, clicks, synchronize)
+            sequence, cpu_sequence = _timed_sequence(predictor, image, clicks, synchronize)
             if device.type == "cuda":
                 peak_cuda[mode] = max(peak_cuda.get(mode, 0), int(torch.cuda.max_memory_allocated(device)))
             if repeat > 0:
                 times[mode].append(sequence)
+                cpu_times[mode].append(cpu_sequence)
                 image_times[mode].append(image_seconds)
+                image_cpu_times[mode].append(image_cpu_seconds)
 
     rows = {}
     for mode in modes:
@@ -251,6 +260,10 @@ def run_benchmark(settings: BenchSettings, out_path: str | os.PathLike) -> dict[
             "mean_spc": float(np.mean(later)),
             "first_click_median": float(np.median(first)),
             "set_image_median": float(np.median(image_times[mode])),
+            # Process CPU seconds (all threads): on a loaded machine the wall time is an upper bound, and
+            # with one thread the CPU time is close to what an idle machine would take.
+            "median_cpu_spc": float(np.median([t for sequence in cpu_times[mode] for t in sequence[1:]])),
+            "set_image_cpu_median": float(np.median(image_cpu_times[mode])),
             "timed_clicks": len(later),
             "peak_memory_bytes": peak,
             "backend": _backend(mode, settings),
@@ -308,8 +321,8 @@ def render_benchmark_markdown(result: dict[str, Any]) -> str:
 
     settings = result["settings"]
     baseline = result["results"].get("NoBRS", {}).get("median_spc")
-    header = ["Mode", "median SPC, s", "p95 SPC, s", "mean SPC, s", "1st click, s", "new image, s", "x NoBRS",
-              "peak memory, MiB"]
+    header = ["Mode", "median SPC, s", "p95 SPC, s", "mean SPC, s", "1st click, s", "new image, s",
+              "CPU s / click", "new image CPU, s", "x NoBRS", "peak memory, MiB"]
     # Results written before the backend option existed ran everything in torch.
     backends = {result["results"][mode].get("backend", "torch") for mode in result["modes"]}
     with_backend = backends != {"torch"}
@@ -329,6 +342,8 @@ def render_benchmark_markdown(result: dict[str, Any]) -> str:
                 f"{entry['first_click_median']:.4f}",
                 # Results written before this column existed: "-".
                 f"{entry['set_image_median']:.4f}" if "set_image_median" in entry else "-",
+                f"{entry['median_cpu_spc']:.4f}" if "median_cpu_spc" in entry else "-",
+                f"{entry['set_image_cpu_median']:.4f}" if "set_image_cpu_median" in entry else "-",
                 f"{entry['median_spc'] / baseline:.2f}" if baseline else "-",
                 f"{peak / 2**20:.0f}" if peak is not None else "-",
             ]
@@ -348,7 +363,9 @@ def render_benchmark_markdown(result: dict[str, Any]) -> str:
             _table(header, rows),
             "",
             "SPC statistics over clicks 2..N (BRS starts at click 2); new image: set_image on an image not "
-            "seen before (the SAM family's image encoder, cache emptied); peak memory: "
+            "seen before (the SAM family's image encoder, cache emptied); CPU: median process CPU seconds "
+            "(all threads; with 1 thread close to an idle machine's wall time when the machine is loaded); "
+            "peak memory: "
             + (
                 "CUDA peak allocation."
                 if environment["device"] and not environment["device"].startswith("CPU")
