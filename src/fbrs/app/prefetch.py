@@ -8,13 +8,14 @@ replaces it: the user moved on), one image at a time: bounded work, memory bound
 It never blocks a click on the current image: it does not take the engine's model lock nor any session's
 lock, and SamModel.embed runs the encoder outside its cache lock; a session that opens the image being
 prefetched waits for that result instead of encoding it twice. It does share the CPU with the click
-(the encoder is the one heavy thing it does); a failed prefetch is logged and forgotten: the session
-encodes the image itself when it gets there.
+(the encoder is the one heavy thing it does), at a lower priority (nice + 10, on Linux). A failed prefetch
+is logged and forgotten: the session encodes the image itself when it gets there.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +26,8 @@ from fbrs.app.engine import PredictionEngine, PredictorSettings
 from fbrs.images import as_rgb_uint8
 
 LOGGER = logging.getLogger("fbrs.app")
+#: Added to the worker thread's nice value: where the CPU is short, a click on the current image goes first.
+PREFETCH_NICENESS = 10
 
 
 def cached_embedding_model(engine: PredictionEngine, settings: PredictorSettings) -> Any:
@@ -36,6 +39,16 @@ def cached_embedding_model(engine: PredictionEngine, settings: PredictorSettings
         return None
     model = getattr(engine.create(settings), "model", None)
     return model if callable(getattr(model, "embed", None)) else None
+
+
+def _lower_this_threads_priority() -> None:
+    """Linux schedules threads one by one: raise this thread's nice value (an unprivileged process may).
+    ONNX Runtime runs a 1-thread session's work in the calling thread, so then the whole encoding yields to
+    clicks; with more threads its pool threads keep their priority. Elsewhere: nothing."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PREFETCH_NICENESS)
+    except (AttributeError, OSError):
+        pass
 
 
 class EmbeddingPrefetcher:
@@ -78,6 +91,7 @@ class EmbeddingPrefetcher:
             thread.join(timeout=60)
 
     def _run(self) -> None:
+        _lower_this_threads_priority()
         while True:
             with self._condition:
                 self._condition.wait_for(lambda: self._waiting is not None or self._closed)
