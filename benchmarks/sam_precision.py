@@ -161,12 +161,20 @@ def compare(reference: list[np.ndarray], other: list[np.ndarray], truth) -> dict
     return {"min_iou_with_reference": min(agreement), "max_gt_iou_change": max(change, default=0.0)}
 
 
+def write(result: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fp32-encoder", help="the npm package's float32 dist/encoder.onnx")
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--per-set", type=int, default=1, help="training objects per set for the mask check")
     parser.add_argument("--clicks", type=int, default=5)
+    parser.add_argument("--timing-only", action="store_true", help="encoder timings only (no mask check)")
+    parser.add_argument("--only", help="comma-separated encoder variant names (default: all)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sam_precision.json"))
     args = parser.parse_args()
 
@@ -188,22 +196,33 @@ def main() -> None:
             EncoderVariant("int8-dynamic all t1", int8),
             EncoderVariant("int8-dynamic all t2", int8, threads=2),
         ]
+    if args.only:  # timings of a few variants (the mask check needs the float32 reference)
+        args.timing_only = True
+        variants = [variant for variant in variants if variant.name in args.only.split(",")]
     sessions = {variant.name: variant.session() for variant in variants}
     image = load_image(SAMPLES / "coffee.jpg")
     batch, _, _ = preprocess(image, 1024)
 
     encoder_times: dict[str, list[float]] = {variant.name: [] for variant in variants}
+    encoder_cpu: dict[str, list[float]] = {variant.name: [] for variant in variants}
     loads = []
     for repeat in range(args.repeats + 1):  # round 0: warm-up
         loads.append(os.getloadavg()[0])
         for variant in variants:
             session = sessions[variant.name]
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             session.run(None, {session.get_inputs()[0].name: batch})
             if repeat:
                 encoder_times[variant.name].append(time.perf_counter() - start)
+                encoder_cpu[variant.name].append(time.process_time() - cpu_start)
         print(f"encoder round {repeat}: load {loads[-1]:.1f}", flush=True)
 
+    if args.timing_only:
+        write({"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "load_average_per_round": loads,
+               "encoder": {v.name: {"median_s": statistics.median(encoder_times[v.name]),
+                                    "median_cpu_s": statistics.median(encoder_cpu[v.name]),
+                                    **dataclasses.asdict(v)} for v in variants}}, args.out)
+        return
     decoder = load_sam_decoder(DEFAULT_DECODER_PATH)
     reference_session = sessions["fp32 all t1"] if fp32 else sessions["fp16-weights all t1"]
     reference = SamModel(SessionEncoder(reference_session), decoder)
@@ -241,6 +260,7 @@ def main() -> None:
     # Decoder time per click (clicks 2..N of the first training case), float32 vs bf16, 1 and 2 threads.
     name, im, _, _ = test_cases[0]
     decoder_times: dict[str, list[float]] = {}
+    decoder_cpu: dict[str, list[float]] = {}
     for repeat in range(args.repeats + 1):
         for threads in (1, 2):
             torch.set_num_threads(threads)
@@ -249,11 +269,12 @@ def main() -> None:
                     predictor = SamPredictor(model, insertion=insertion)
                     predictor.set_image(im)
                     for index, (y, x, positive) in enumerate(clicks[name]):
-                        start = time.perf_counter()
+                        start, cpu_start = time.perf_counter(), time.process_time()
                         predictor.add_click(y, x, positive)
                         if repeat and index:
                             key = f"{'SAM' if insertion is None else 'SAM-f-BRS-upscaled'} {label} t{threads}"
                             decoder_times.setdefault(key, []).append(time.perf_counter() - start)
+                            decoder_cpu.setdefault(key, []).append(time.process_time() - cpu_start)
         loads.append(os.getloadavg()[0])
         print(f"decoder round {repeat}: load {loads[-1]:.1f}", flush=True)
 
@@ -262,15 +283,16 @@ def main() -> None:
         "load_average_per_round": loads,
         "cases": [name for name, *_ in test_cases],
         "encoder": {v.name: {"median_s": statistics.median(encoder_times[v.name]), "runs": encoder_times[v.name],
+                             "median_cpu_s": statistics.median(encoder_cpu[v.name]),
                              "masks": masks[v.name], **dataclasses.asdict(v)} for v in variants},
         "decoder_masks_bf16": decoder_masks,
         "decoder_click_median_s": {key: statistics.median(values) for key, values in decoder_times.items()},
+        "decoder_click_median_cpu_s": {key: statistics.median(values) for key, values in decoder_cpu.items()},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    write(result, args.out)
     for variant in variants:
         entry = result["encoder"][variant.name]
-        print(f"{variant.name:32s} {entry['median_s']:.3f} s  masks {entry['masks']}")
+        print(f"{variant.name:32s} {entry['median_s']:.3f} s (CPU {entry['median_cpu_s']:.3f} s) {entry['masks']}")
     for key, value in result["decoder_click_median_s"].items():
         print(f"{key:40s} {value * 1000:.1f} ms")
 
