@@ -161,6 +161,48 @@ def compare(reference: list[np.ndarray], other: list[np.ndarray], truth) -> dict
     return {"min_iou_with_reference": min(agreement), "max_gt_iou_change": max(change, default=0.0)}
 
 
+def decoder_timings(reference: SamModel, bf16: SamModel, image, clicks, repeats: int, thread_counts, loads: list):
+    """Wall and CPU seconds per click (clicks 2..N), float32 vs bf16 autocast, SAM and SAM-f-BRS-upscaled,
+    interleaved over `repeats` rounds (after a warm-up)."""
+    wall: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
+    for repeat in range(repeats + 1):
+        for threads in thread_counts:
+            torch.set_num_threads(threads)
+            for label, model in (("float32", reference), ("bf16-autocast", bf16)):
+                for insertion in (None, "upscaled"):
+                    predictor = SamPredictor(model, insertion=insertion)
+                    predictor.set_image(image)
+                    for index, (y, x, positive) in enumerate(clicks):
+                        start, cpu_start = time.perf_counter(), time.process_time()
+                        predictor.add_click(y, x, positive)
+                        if repeat and index:
+                            key = f"{'SAM' if insertion is None else 'SAM-f-BRS-upscaled'} {label} t{threads}"
+                            wall.setdefault(key, []).append(time.perf_counter() - start)
+                            cpu.setdefault(key, []).append(time.process_time() - cpu_start)
+        loads.append(os.getloadavg()[0])
+        print(f"decoder round {repeat}: load {loads[-1]:.1f}", flush=True)
+    return wall, cpu
+
+
+def decoder_timing_only(args) -> None:
+    """--decoder-timing-only: the bundled encoder, the first training object, 1 thread."""
+    from sam_options import training_samples
+
+    torch.set_num_threads(1)
+    decoder = load_sam_decoder(DEFAULT_DECODER_PATH)
+    reference = SamModel(SessionEncoder(EncoderVariant("fp16", str(DEFAULT_ENCODER_PATH)).session()), decoder)
+    bf16 = SamModel(reference.encoder, bf16_decoder(decoder))
+    bf16._cache = reference._cache
+    sample = training_samples(1)[0]
+    clicks = reference_clicks(reference, sample.image, sample.mask, None, args.clicks)
+    loads: list[float] = []
+    wall, cpu = decoder_timings(reference, bf16, sample.image, clicks, args.repeats, (1,), loads)
+    write({"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "case": sample.name, "load_average_per_round": loads,
+           "decoder_click_median_s": {key: statistics.median(values) for key, values in wall.items()},
+           "decoder_click_median_cpu_s": {key: statistics.median(values) for key, values in cpu.items()}}, args.out)
+
+
 def write(result: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")
@@ -174,9 +216,13 @@ def main() -> None:
     parser.add_argument("--per-set", type=int, default=1, help="training objects per set for the mask check")
     parser.add_argument("--clicks", type=int, default=5)
     parser.add_argument("--timing-only", action="store_true", help="encoder timings only (no mask check)")
+    parser.add_argument("--decoder-timing-only", action="store_true", help="decoder float32 vs bf16, 1 thread")
     parser.add_argument("--only", help="comma-separated encoder variant names (default: all)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sam_precision.json"))
     args = parser.parse_args()
+    if args.decoder_timing_only:
+        decoder_timing_only(args)
+        return
 
     fp16 = str(DEFAULT_ENCODER_PATH)
     fp32 = args.fp32_encoder
@@ -257,27 +303,8 @@ def main() -> None:
         decoder_masks[insertion or "plain"] = summary(bf16, insertion)
         print(f"bf16 decoder masks {insertion}: {decoder_masks[insertion or 'plain']}", flush=True)
 
-    # Decoder time per click (clicks 2..N of the first training case), float32 vs bf16, 1 and 2 threads.
     name, im, _, _ = test_cases[0]
-    decoder_times: dict[str, list[float]] = {}
-    decoder_cpu: dict[str, list[float]] = {}
-    for repeat in range(args.repeats + 1):
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            for label, model in (("float32", reference), ("bf16-autocast", bf16)):
-                for insertion in (None, "upscaled"):
-                    predictor = SamPredictor(model, insertion=insertion)
-                    predictor.set_image(im)
-                    for index, (y, x, positive) in enumerate(clicks[name]):
-                        start, cpu_start = time.perf_counter(), time.process_time()
-                        predictor.add_click(y, x, positive)
-                        if repeat and index:
-                            key = f"{'SAM' if insertion is None else 'SAM-f-BRS-upscaled'} {label} t{threads}"
-                            decoder_times.setdefault(key, []).append(time.perf_counter() - start)
-                            decoder_cpu.setdefault(key, []).append(time.process_time() - cpu_start)
-        loads.append(os.getloadavg()[0])
-        print(f"decoder round {repeat}: load {loads[-1]:.1f}", flush=True)
-
+    decoder_times, decoder_cpu = decoder_timings(reference, bf16, im, clicks[name], args.repeats, (1, 2), loads)
     result = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "load_average_per_round": loads,

@@ -269,20 +269,22 @@ async function openImage(index) {
     fitCanvas();
     ui.overlay = null;
     ui.overlayVersion = -1;
-    await applyState(Promise.resolve(state));
-    if (!state.prepared) {
-      // The first request for a new image would block on the image encoder: do it now, visibly. The
-      // server then encodes the next folder image in the background (it is usually ready when opened).
-      setBusyText("preparing image\u2026");
-      document.body.dataset.preparing = "true";
-      try {
-        await applyState(sessionRequest(ui.session, "POST", "prepare"));
-      } finally {
-        setBusyText("predicting\u2026");
-        document.body.dataset.preparing = "false";
-      }
-    }
+    await prepareIfNeeded(await applyState(Promise.resolve(state)));
   });
+}
+
+// The first click on a new image (or after a change of mode) would block on the image encoder: do that
+// work now, visibly. For a folder image the server then encodes the next one in the background.
+async function prepareIfNeeded(state) {
+  if (state.prepared) return state;
+  setBusyText("preparing image\u2026");
+  document.body.dataset.preparing = "true";
+  try {
+    return await applyState(sessionRequest(state, "POST", "prepare"));
+  } finally {
+    setBusyText("predicting\u2026");
+    document.body.dataset.preparing = "false";
+  }
 }
 
 function canvasToImage(event) {
@@ -332,7 +334,7 @@ function saveImage() {
 function updateSettings(values) {
   if (!ui.session) return;
   const session = ui.session;
-  enqueue(() => applyState(sessionRequest(session, "PUT", "settings", values)));
+  enqueue(async () => prepareIfNeeded(await applyState(sessionRequest(session, "PUT", "settings", values))));
 }
 
 // ------------------------------------------------------------------------------------------ wiring

@@ -59,6 +59,11 @@ class OnnxImageEncoder:
         options = onnxruntime.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = threads
+        # No busy-waiting pool threads between operators: the same numbers, and on a loaded 2-core machine
+        # 2-thread encoding took 8.0 s wall / 1.25 s CPU instead of 9.6 / 1.59 (benchmarks/results/
+        # sam_latency.md); in the app the encoder may run in the background beside a click, which spinning
+        # threads would slow down.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path = path
         self.input_size = input_size
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
