@@ -61,7 +61,7 @@ def test_opening_an_image_prepares_it_visibly_then_prefetches_the_next_one(tiny_
         assert tiny_sam.encoder_seconds == []
         prepared = client.post(f"/api/sessions/{opened['session_id']}/prepare").json()
         assert prepared["prepared"] is True and prepared["prepare_ms"] > 0
-        assert len(tiny_sam.encoder_seconds) == 1 and tiny_sam.is_cached(folder_image(folder, names[0]))
+        assert tiny_sam.is_cached(folder_image(folder, names[0]))  # (image 2 may be under way already)
 
         # No request names image 2, yet its embedding is computed in the background.
         prefetcher = client.app.state.context.prefetcher

@@ -35,7 +35,7 @@ def cached_embedding_model(engine: PredictionEngine, settings: PredictorSettings
     SamModel), or None when that mode caches nothing across predictors (DeepLab modes, baselines)."""
     from fbrs.registry import PREDICTORS
 
-    if settings.mode not in PREDICTORS or PREDICTORS.meta(settings.mode).get("family") != "sam":
+    if settings.mode not in PREDICTORS or PREDICTORS.spec(settings.mode).family != "sam":
         return None
     model = getattr(engine.create(settings), "model", None)
     return model if callable(getattr(model, "embed", None)) else None

@@ -18,16 +18,16 @@ FALLBACK_MODE = "f-BRS-B"
 
 def unavailable_reason(mode: str) -> str | None:
     """Why `mode` cannot run on this install (a sentence), or None when it can as far as files and
-    packages go. Only the SAM family has something to check: its files and ONNX Runtime; DeepLab modes
-    load their model later and explain a missing one there."""
-    from fbrs.inference import available_modes
+    packages go: the registry's reason (a missing optional dependency), and for the SAM family its model
+    files and ONNX Runtime; DeepLab modes load their model later and explain a missing one there."""
     from fbrs.registry import PREDICTORS
 
     if mode not in PREDICTORS:
-        available_modes()  # the baselines register on import
-    if mode not in PREDICTORS:
         return f"mode {mode!r} is not registered"
-    if PREDICTORS.meta(mode).get("family") != "sam":
+    spec = PREDICTORS.spec(mode)
+    if spec.unavailable_reason is not None:
+        return spec.unavailable_reason
+    if spec.family != "sam":
         return None
     from fbrs.models.sam.model import missing_sam_files
 
