@@ -76,7 +76,7 @@ def run_variant(mode: str, prefetch: bool, truths: dict[str, np.ndarray], folder
             for _ in range(clicks):
                 click = robot.next_click(prediction)
                 state = client.post(f"/api/sessions/{session['session_id']}/clicks",
-                                    json={"x": click.x, "y": click.y, "positive": click.positive}).json()
+                                    json={"x": click.x, "y": click.y, "positive": click.is_positive}).json()
                 latencies.append(state["latency_ms"])
                 png = client.get(f"/api/sessions/{session['session_id']}/mask").content
                 prediction = np.asarray(Image.open(io.BytesIO(png))) > 0

@@ -38,7 +38,7 @@ def evaluate_sample(predictor, sample, max_clicks: int, target_iou: float) -> tu
     for _ in range(max_clicks):
         click = robot.next_click(prediction)
         start, cpu_start = time.perf_counter(), time.process_time()
-        scores = predictor.add_click(click.y, click.x, click.positive)
+        scores = predictor.add_click(click.y, click.x, click.is_positive)
         seconds += time.perf_counter() - start
         cpu_seconds += time.process_time() - cpu_start
         prediction = scores > PREDICTION_THRESHOLD

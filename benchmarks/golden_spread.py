@@ -86,7 +86,8 @@ def measure(reference: Path, threads: int) -> dict:
             base = models["base"](image, points).numpy()
             calibrated = models["calibrated"](image, points).numpy()
         expected_base = net[f"{case}__logits"]
-        logits["base_rel"] = max(logits["base_rel"], float(np.abs(base - expected_base).max() / np.abs(expected_base).max()))
+        base_rel = float(np.abs(base - expected_base).max() / np.abs(expected_base).max())
+        logits["base_rel"] = max(logits["base_rel"], base_rel)
         logits["calibrated_abs"] = max(logits["calibrated_abs"],
                                        float(np.abs(calibrated - net[f"{case}__logits_calibrated"]).max()))
     result["logits"] = logits
@@ -128,8 +129,9 @@ def measure(reference: Path, threads: int) -> dict:
             sample_result = evaluate_sample(predictor, sample, max_clicks=5, target_iou=0.90)
             key = f"{mode}__{name}"
             expected_clicks = [(int(y), int(x), bool(p)) for (y, x), p in
-                               zip(evaluation[f"{key}__clicks_yx"], evaluation[f"{key}__clicks_is_positive"], strict=True)]
-            ours = [(c.y, c.x, c.positive) for c in sample_result.clicks]
+                               zip(evaluation[f"{key}__clicks_yx"], evaluation[f"{key}__clicks_is_positive"],
+                                   strict=True)]
+            ours = [(c.y, c.x, c.is_positive) for c in sample_result.clicks]
             protocol_rows.append({
                 "mode": mode, "sample": name, "clicks": ours, "golden_clicks": expected_clicks,
                 "ious": [round(v, 4) for v in sample_result.ious],
@@ -170,8 +172,8 @@ def _table(results: list[dict]) -> str:
                 f"| {min(v['mask_iou'] for v in values):.4f} | {f'{max(first):.1e}' if first else '-'} "
                 f"| {evaluations} ({values[0]['golden_evaluations']}) |"
             )
-    lines += ["", "| protocol | sample | configurations whose clicks equal the golden's (first 3 / all) | IoU per click: "
-              "golden; min..max over configurations |", "|---|---|---|---|"]
+    lines += ["", "| protocol | sample | configurations whose clicks equal the golden's (first 3 / all) | "
+              "IoU per click: golden; min..max over configurations |", "|---|---|---|---|"]
     for row_index, row in enumerate(results[0]["protocol"]):
         values = [r["protocol"][row_index] for r in results]
         golden = [tuple(c) for c in row["golden_clicks"]]
@@ -182,7 +184,8 @@ def _table(results: list[dict]) -> str:
             got = [v["ious"][click] for v in values if click < len(v["ious"])]
             gold = row["golden_ious"][click] if click < len(row["golden_ious"]) else None
             spread.append(f"{gold}; {min(got)}..{max(got)}")
-        lines.append(f"| {row['mode']} | {row['sample']} | {first3} / {whole} of {len(values)} | {' / '.join(spread)} |")
+        spread_text = " / ".join(spread)
+        lines.append(f"| {row['mode']} | {row['sample']} | {first3} / {whole} of {len(values)} | {spread_text} |")
     return "\n".join(lines) + "\n"
 
 

@@ -91,7 +91,7 @@ def main() -> None:
             predictor.set_image(image)
             for index, click in enumerate(clicks):
                 start = time.perf_counter()
-                probs = predictor.add_click(click.y, click.x, click.positive)
+                probs = predictor.add_click(click.y, click.x, click.is_positive)
                 elapsed = time.perf_counter() - start
                 if repeat == 0:
                     probabilities[variant].append(probs)

@@ -150,8 +150,8 @@ def reference_clicks(model: SamModel, image, truth, fixed, count: int) -> list:
     prediction = np.zeros(truth.shape, bool)
     for _ in range(count):
         click = robot.next_click(prediction)
-        prediction = predictor.add_click(click.y, click.x, click.positive) > 0.5
-    return [(c.y, c.x, c.positive) for c in robot.clicks]
+        prediction = predictor.add_click(click.y, click.x, click.is_positive) > 0.5
+    return [(c.y, c.x, c.is_positive) for c in robot.clicks]
 
 
 def compare(reference: list[np.ndarray], other: list[np.ndarray], truth) -> dict:

@@ -92,9 +92,9 @@ def main() -> None:
                 start = time.perf_counter()
                 if predictor.mode == "NoBRS":
                     with context():
-                        predictor.add_click(click.y, click.x, click.positive)
+                        predictor.add_click(click.y, click.x, click.is_positive)
                 else:
-                    predictor.add_click(click.y, click.x, click.positive)
+                    predictor.add_click(click.y, click.x, click.is_positive)
                 elapsed = time.perf_counter() - start
                 if repeat > 0 and index > 0:
                     times[name].append(elapsed)

@@ -65,7 +65,7 @@ def main() -> None:
                 result = {}
                 for windowed, predictor in predictors.items():  # interleaved per click
                     start = time.perf_counter()
-                    probs = predictor.add_click(click.y, click.x, click.positive)
+                    probs = predictor.add_click(click.y, click.x, click.is_positive)
                     result[windowed] = (np.array(probs), len(predictor.refiner.last_loss_values),
                                         time.perf_counter() - start)
                 whole, windowed = result[False], result[True]
