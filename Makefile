@@ -26,11 +26,11 @@ test: $(STAMP)
 	      || echo "warning: could not install chromium; the browser test will skip"; \
 	  else echo "note: /usr/bin/chromium is missing and apt-get is not usable here; the browser test will skip"; fi; \
 	fi
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests benchmarks scripts
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info
