@@ -321,19 +321,13 @@ def _changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) ->
 
 
 def test_freeze_batchnorm_keeps_running_statistics_through_training_validation_and_resume(person_folder, tmp_path):
-    # Iterative passes and validation after every step: both switch the model to eval and back.
-    overrides = (
-        "clicks.iterative_max=1",
-        "clicks.iterative_probability=1.0",
-        "validation.every_steps=1",
-        "run.checkpoint_every_minutes=0.0",
-    )
+    # Validation after every step switches the model to eval and back; so do the iterative passes (on in the
+    # resumed part): each path must leave BatchNorm frozen on its own.
+    overrides = ("validation.every_steps=1", "run.checkpoint_every_minutes=0.0")
     for frozen in (False, True):
-        config = _config(
-            person_folder, tmp_path / f"frozen_{frozen}", *overrides, f"model.freeze_batchnorm={str(frozen).lower()}"
-        )
-        trainer = Trainer(config, progress=False).setup()
-        before = _batchnorm_tensors(trainer.model)
+        flag = f"model.freeze_batchnorm={str(frozen).lower()}"
+        trainer = Trainer(_config(person_folder, tmp_path / f"frozen_{frozen}", *overrides, flag), progress=False)
+        before = _batchnorm_tensors(trainer.setup().model)
         trainer.fit()
         after = _batchnorm_tensors(trainer.model)
         assert _changed(before["affine"], after["affine"])  # the scale and shift train either way
@@ -341,11 +335,9 @@ def test_freeze_batchnorm_keeps_running_statistics_through_training_validation_a
             assert len(_changed(before["statistics"], after["statistics"])) == len(before["statistics"])
             continue
         assert _changed(before["statistics"], after["statistics"]) == []
-        # A resumed run (two more epochs from last.pt) keeps them frozen too.
-        longer = _config(
-            person_folder, tmp_path / "frozen_True", *overrides, "model.freeze_batchnorm=true", "schedule.epochs=4"
-        )
-        resumed = Trainer(longer, resume=True, progress=False)
+        # A resumed run (two more epochs from last.pt, with iterative click passes) keeps them frozen too.
+        more = (*overrides, flag, "schedule.epochs=4", "clicks.iterative_max=1", "clicks.iterative_probability=1.0")
+        resumed = Trainer(_config(person_folder, tmp_path / "frozen_True", *more), resume=True, progress=False)
         resumed.fit()
         assert resumed.step == 8
         assert _changed(before["statistics"], _batchnorm_tensors(resumed.model)["statistics"]) == []
