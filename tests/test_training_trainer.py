@@ -292,3 +292,67 @@ def test_prev_mask_training_widens_the_parent_and_feeds_the_last_pass(person_fol
             _config(person_folder, tmp_path / "bad", f'model.init_from="{tmp_path / "child" / "best.safetensors"}"'),
             progress=False,
         ).setup()
+
+
+def _batchnorm_tensors(model: torch.nn.Module) -> dict[str, dict[str, torch.Tensor]]:
+    """Running statistics and affine parameters of every BatchNorm layer, copied."""
+    layers = {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+    }
+    assert layers, "the tiny model has BatchNorm layers"
+    return {
+        "statistics": {
+            f"{name}.{key}": getattr(layer, key).clone()
+            for name, layer in layers.items()
+            for key in ("running_mean", "running_var", "num_batches_tracked")
+        },
+        "affine": {
+            f"{name}.{key}": getattr(layer, key).detach().clone()
+            for name, layer in layers.items()
+            for key in ("weight", "bias")
+        },
+    }
+
+
+def _changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> list[str]:
+    return [key for key in before if not torch.equal(before[key], after[key])]
+
+
+def test_freeze_batchnorm_keeps_running_statistics_through_training_validation_and_resume(person_folder, tmp_path):
+    # Validation after every step switches the model to eval and back; so do the iterative passes (on in the
+    # resumed part): each path must leave BatchNorm frozen on its own.
+    overrides = ("validation.every_steps=1", "run.checkpoint_every_minutes=0.0")
+    for frozen in (False, True):
+        flag = f"model.freeze_batchnorm={str(frozen).lower()}"
+        trainer = Trainer(_config(person_folder, tmp_path / f"frozen_{frozen}", *overrides, flag), progress=False)
+        before = _batchnorm_tensors(trainer.setup().model)
+        trainer.fit()
+        after = _batchnorm_tensors(trainer.model)
+        assert _changed(before["affine"], after["affine"])  # the scale and shift train either way
+        if not frozen:
+            assert len(_changed(before["statistics"], after["statistics"])) == len(before["statistics"])
+            continue
+        assert _changed(before["statistics"], after["statistics"]) == []
+        # A resumed run (two more epochs from last.pt, with iterative click passes) keeps them frozen too.
+        more = (*overrides, flag, "schedule.epochs=4", "clicks.iterative_max=1", "clicks.iterative_probability=1.0")
+        resumed = Trainer(_config(person_folder, tmp_path / "frozen_True", *more), resume=True, progress=False)
+        resumed.fit()
+        assert resumed.step == 8
+        assert _changed(before["statistics"], _batchnorm_tensors(resumed.model)["statistics"]) == []
+
+
+def test_freeze_batchnorm_affine_keeps_the_scale_and_shift_and_trains_the_rest(person_folder, tmp_path):
+    overrides = ("model.freeze_batchnorm=true", "model.freeze_batchnorm_affine=true")
+    trainer = Trainer(_config(person_folder, tmp_path / "affine", *overrides), progress=False).setup()
+    before = _batchnorm_tensors(trainer.model)
+    convolutions = [p.detach().clone() for p in trainer.model.parameters() if p.requires_grad]
+    trainer.fit()
+    after = _batchnorm_tensors(trainer.model)
+    assert _changed(before["statistics"], after["statistics"]) == []
+    assert _changed(before["affine"], after["affine"]) == []
+    trained = [p for p in trainer.model.parameters() if p.requires_grad]
+    assert any(not torch.equal(old, new) for old, new in zip(convolutions, trained, strict=True))
+    with pytest.raises(ConfigError, match="freeze_batchnorm"):
+        _config(person_folder, tmp_path / "bad", "model.freeze_batchnorm_affine=true")

@@ -118,6 +118,12 @@ class ModelSection:
     # in training the prediction of the last iterative-sampling pass. With `init_from` a model without it
     # is widened with a zero weight for the new channel, so training starts from the parent's behaviour.
     prev_mask_input: bool = False
+    # BatchNorm layers stay in eval mode while training: their running statistics are neither re-estimated nor
+    # moved, and they normalise with them (as at inference). For continuing a model trained with larger batches
+    # on small CPU batches of 8, whose statistics are noisy (docs/training.md, "Frozen BatchNorm").
+    freeze_batchnorm: bool = False
+    # With freeze_batchnorm: the BatchNorm scale and shift are not trained either (default: they are).
+    freeze_batchnorm_affine: bool = False
     overrides: dict[str, Any] = field(default_factory=dict)  # passed to build_model(name, **overrides)
 
 
@@ -333,6 +339,8 @@ def validate_config(config: TrainConfig) -> None:
         raise ConfigError(
             f"augment.copy_paste_scale_range must satisfy 0 < low <= high, got {paste.copy_paste_scale_range}"
         )
+    if config.model.freeze_batchnorm_affine and not config.model.freeze_batchnorm:
+        raise ConfigError("model.freeze_batchnorm_affine = true needs model.freeze_batchnorm = true")
     if config.clicks.max_positive < 1 or config.clicks.max_negative < 0:
         raise ConfigError("clicks.max_positive must be >= 1 and clicks.max_negative >= 0")
     if config.loss.name not in ("nfl", "bce"):

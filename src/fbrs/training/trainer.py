@@ -85,6 +85,19 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def freeze_batchnorm(model: torch.nn.Module, affine: bool = False) -> int:
+    """Put every BatchNorm layer of `model` (SyncBatchNorm included) in eval mode, so that a training forward
+    pass normalises with the running statistics and leaves them as they are; with `affine` also stop the
+    gradients of their scale and shift. Call it after every `model.train()`. Returns the number of layers."""
+    layers = [module for module in model.modules() if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
+    for layer in layers:
+        layer.eval()
+        if affine:
+            for parameter in layer.parameters(recurse=False):
+                parameter.requires_grad_(False)
+    return len(layers)
+
+
 class _CsvLog:
     """Append-only CSV (one row per event; the header is written once). Appends, unlike artefacts, are not
     written atomically: a crash loses at most the last row."""
@@ -180,6 +193,7 @@ class Trainer:
             # SyncBatchNorm exists only for CUDA; CPU processes (gloo) keep per-process BatchNorm statistics.
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.network = torch.nn.parallel.DistributedDataParallel(self.network, device_ids=device_ids)
+            self._train_mode()  # the converted SyncBatchNorms too
         self.optimizer = self._build_optimizer()
         self.loss_function = build_loss(config.loss.name, config.loss.gamma)
         self.amp_dtype = None
@@ -240,8 +254,17 @@ class Trainer:
             if section.prev_mask_input:
                 overrides["prev_mask_input"] = True
             model = build_model(section.name, **overrides)
-        model.train()
+        self._train_mode(model)
         return model
+
+    def _train_mode(self, model: torch.nn.Module | None = None) -> None:
+        """Training mode for `model` (default: the trained network), with BatchNorm kept in eval mode under
+        `model.freeze_batchnorm`. Every switch back to training goes through here (after the iterative passes,
+        after validation), so the frozen statistics stay frozen for the whole run, resumed runs included."""
+        model = self.network if model is None else model
+        model.train()
+        if self.config.model.freeze_batchnorm:
+            freeze_batchnorm(model, affine=self.config.model.freeze_batchnorm_affine)
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
         settings = self.config.optimizer
@@ -316,6 +339,7 @@ class Trainer:
         if not self.validation_objects:
             return {}
         metrics = validate(self.model, self.validation_objects, settings.clicks, settings.iou_target, self.device)
+        self._train_mode()  # validate() restores plain train(), which would unfreeze BatchNorm
         score = validation_score(metrics)
         metrics["score"] = score
         self.last_metrics = metrics
@@ -430,7 +454,7 @@ class Trainer:
                     points = add_error_clicks(probabilities, masks, valid, points)
                     prev_mask = probabilities if takes_mask else None
         finally:
-            self.model.train()
+            self._train_mode()
         return points, prev_mask
 
     def fit(self) -> dict[str, float]:
