@@ -14,7 +14,6 @@ and output file, and checks the converted decoder against ONNX Runtime on the so
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import sys
@@ -22,13 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+from fbrs.io_utils import file_sha256 as sha256
 
 
 def check_decoder(decoder, sam_onnx: Path, seed: int = 0) -> float:

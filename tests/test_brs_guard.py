@@ -82,11 +82,8 @@ def test_resolve_guard():
 
 
 @pytest.fixture(scope="module")
-def image():
-    rng = np.random.default_rng(0)
-    picture = rng.integers(0, 60, size=(72, 96, 3), dtype=np.uint8)
-    picture[20:50, 30:70] = rng.integers(180, 255, size=(30, 40, 3), dtype=np.uint8)
-    return picture
+def image(box_image):
+    return box_image
 
 
 @pytest.mark.parametrize("mode", ["f-BRS-A", "f-BRS-B", "f-BRS-C"])

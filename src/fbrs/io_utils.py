@@ -7,6 +7,7 @@ masks, COCO files and click logs are meant to be read by other users' tools.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
 from collections.abc import Iterator, Sequence
@@ -68,3 +69,12 @@ def save_png_atomic(path: str | os.PathLike, array) -> None:
 
     with atomic_path(path) as temporary:
         Image.fromarray(array).save(temporary, format="PNG")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The hex sha256 of a file's bytes, read in 1 MiB blocks (provenance of weights and checkpoints)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

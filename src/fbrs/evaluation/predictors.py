@@ -11,13 +11,13 @@ Importing this module is cheap: fbrs.inference, fbrs.models and torch are import
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fbrs.errors import ConfigError
+from fbrs.io_utils import file_sha256
 
 RANDOM_WEIGHTS_SEED = 0
 #: The Zoom-In target size of a predictor that sees no dataset (the bench's synthetic image).
@@ -72,7 +72,8 @@ def load_model_for_evaluation(spec: str | None, device: str = "cpu") -> tuple[An
         return load_default_model(device), {"kind": "default", "path": None}
     path = Path(spec)
     if path.is_file():
-        return load_model(path, device), {"kind": "checkpoint", "path": str(path.resolve()), "sha256": _sha256(path)}
+        identity = {"kind": "checkpoint", "path": str(path.resolve()), "sha256": file_sha256(path)}
+        return load_model(path, device), identity
     if spec in list_models():
         torch.manual_seed(RANDOM_WEIGHTS_SEED)
         model = build_model(spec).eval().to(device)
@@ -82,14 +83,6 @@ def load_model_for_evaluation(spec: str | None, device: str = "cpu") -> tuple[An
     raise ConfigError(
         f"--model {spec!r} is neither a checkpoint file nor a known architecture ({', '.join(list_models())})"
     )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def default_zoom_in_target_size(dataset_name: str | None) -> int:
