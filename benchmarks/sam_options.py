@@ -15,6 +15,11 @@ IoU from their best at some click.
 chooses the feedback guard (fbrs.inference.sam_guard): a scan of more objects with the plain loop finds
 those where it collapses (so that the choice has teeth), then every candidate runs on the regular
 objects and on the collapsing ones.
+
+    python benchmarks/sam_options.py --zooms off,z1.4,z1.8 --per-set 8 --out work/sam_zoom.jsonl
+
+chooses Zoom-In's settings (fbrs.inference.sam_zoom.SamZoomConfig) on the plain loop the same way (resumable
+through --out; also prints the seconds per click and the encoder runs per object).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from fbrs.evaluation.metrics import number_of_clicks
 from fbrs.evaluation.protocol import evaluate_sample
 from fbrs.inference.sam_guard import FeedbackGuardConfig
 from fbrs.inference.sam_predictor import SamPredictor
+from fbrs.inference.sam_zoom import SamZoomConfig
 from fbrs.models.sam.model import load_default_sam_model
 
 TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "train"
@@ -92,6 +98,18 @@ GUARDS = {
 }
 
 
+#: Zoom-In candidates (`--zooms`): fbrs.inference.sam_zoom.SamZoomConfig or False (off).
+ZOOMS = {
+    "off": False,
+    "z1.4": SamZoomConfig(),
+    "z1.8": SamZoomConfig(expansion_ratio=1.8),
+    "z1.4-skip2": SamZoomConfig(skip_clicks=2),
+    "z1.4-min256": SamZoomConfig(min_crop_size=256),
+    "z1.4-gain1": SamZoomConfig(min_gain=1.0),
+    "z2.2": SamZoomConfig(expansion_ratio=2.2),
+}
+
+
 def drops(curve: list[float], amount: float = 0.3) -> bool:
     """Whether the IoU falls by more than `amount` below its best so far at some click."""
     return any(max(curve[: i + 1]) - value > amount for i, value in enumerate(curve))
@@ -112,6 +130,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("work/sam_options.jsonl"))
     parser.add_argument("--modes", default="plain", help="plain: the 4 option combinations; or SAM insertions")
     parser.add_argument("--guards", default=None, help=f"feedback-guard candidates instead: {','.join(GUARDS)}")
+    parser.add_argument("--zooms", default=None, help=f"Zoom-In candidates instead: {','.join(ZOOMS)}")
     parser.add_argument("--insertion", default=None, help="--guards: on this f-BRS insertion (default: plain loop)")
     parser.add_argument("--scan", type=Path, default=None,
                         help="--guards: an earlier plain-loop log (lines {sample, ious}) taken as the 'off' runs")
@@ -123,6 +142,9 @@ def main() -> None:
     model = load_default_sam_model()
     if args.guards is not None:
         run_guards(args, model)
+        return
+    if args.zooms is not None:
+        run_zooms(args, model)
         return
     combos = [
         {"mask_feedback": feedback, "multimask_first_click": multimask}
@@ -188,6 +210,38 @@ def run_guards(args: argparse.Namespace, model) -> None:
             curves = [done[(s.name, name)] for s in samples if (s.name, name) in done]
             if curves:
                 print(f"{group:10s} {name:24s} {summary(curves)}")
+
+
+def run_zooms(args: argparse.Namespace, model) -> None:
+    """Every --zooms candidate on the first --per-set objects of each set (plain loop, or --insertion)."""
+    names = args.zooms.split(",")
+    done: dict[tuple[str, str], dict] = {}
+    if args.out.is_file():
+        for record in map(json.loads, args.out.read_text().splitlines()):
+            if record.get("insertion") == args.insertion and "zoom" in record:
+                done[(record["sample"], record["zoom"])] = record
+    samples = training_samples(args.per_set, args.offset, tuple(args.sets.split(",")))
+    print(f"{len(samples)} held-out training objects")
+    with open(args.out, "a") as log:
+        for sample in samples:
+            for name in names:
+                if (sample.name, name) in done:
+                    continue
+                predictor = SamPredictor(model, insertion=args.insertion, zoom_in=ZOOMS[name])
+                encoder_runs = len(model.encoder_seconds)
+                result = evaluate_sample(predictor, sample)
+                record = {"sample": sample.name, "insertion": args.insertion, "zoom": name, "ious": result.ious,
+                          "spc": float(np.mean(result.click_seconds)),
+                          "encoder_runs": len(model.encoder_seconds) - encoder_runs}
+                done[(sample.name, name)] = record
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+    for name in names:
+        records = [done[(s.name, name)] for s in samples if (s.name, name) in done]
+        if records:
+            print(f"{name:14s} {summary([r['ious'] for r in records])} s/click "
+                  f"{np.mean([r['spc'] for r in records]):.2f} crops/object "
+                  f"{np.mean([r['encoder_runs'] for r in records]):.2f}")
 
 
 if __name__ == "__main__":

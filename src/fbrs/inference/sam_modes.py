@@ -24,6 +24,8 @@ class SamModeSpec:
     # fbrs.inference.sam_guard on by default: True (FeedbackGuardConfig()) or FeedbackGuardConfig's arguments
     # (a dict: this module stays free of torch imports)
     feedback_guard: bool | dict = False
+    # fbrs.inference.sam_zoom: Zoom-In on by default (the "-zoom" variants); the zoom_in option turns it off
+    zoom: bool = False
 
 
 SAM_MODES: dict[str, SamModeSpec] = {
@@ -50,6 +52,10 @@ SAM_MODES["SAM-guarded-iou"] = SamModeSpec(
     "SAM-guarded-iou", None, "SAM plain loop, guarded: the no-mask answer where SAM rates it clearly better",
     feedback_guard={"rules": ("iou",), "iou_margin": 0.05},
 )
+SAM_MODES["SAM-zoom"] = SamModeSpec(
+    "SAM-zoom", None, "SAM plain loop with Zoom-In: from the second click, decode in a crop around the object",
+    zoom=True,
+)
 
 
 #: The predictor options (`fbrs evaluate`'s predictor_options, `create_predictor(mode, **options)`) that the
@@ -57,7 +63,7 @@ SAM_MODES["SAM-guarded-iou"] = SamModeSpec(
 #: `fbrs evaluate` says so.
 SAM_OPTIONS = (
     "lbfgs_max_evaluations", "max_clicks", "prob_threshold", "mask_feedback", "multimask_first_click", "guard",
-    "feedback_guard",
+    "feedback_guard", "zoom_in",
 )
 
 
@@ -75,6 +81,8 @@ def _factory(spec: SamModeSpec):
 
             options["feedback_guard"] = FeedbackGuardConfig(**spec.feedback_guard)
         options.setdefault("feedback_guard", spec.feedback_guard)
+        # zoom_in (default True everywhere, as for the DeepLab modes) only acts in the modes with Zoom-In.
+        options["zoom_in"] = options.get("zoom_in", True) if spec.zoom else False
         return SamPredictor(model, insertion=spec.insertion, mode=spec.name, **options)
 
     factory.__doc__ = spec.description
@@ -89,8 +97,8 @@ def mode_specs() -> list[ModeSpec]:
         ModeSpec(
             name=spec.name, factory=_factory(spec), family="sam", description=spec.description,
             needs_model=False, options=SAM_OPTIONS,
-            # SamPredictor takes zoom_in so that callers passing it to every mode work; it has no effect.
-            ignored=("zoom_in",),
+            # Without Zoom-In in the mode the zoom_in option has no effect (callers pass it to every mode).
+            ignored=() if spec.zoom else ("zoom_in",),
             gradients=spec.insertion is not None, config=spec,
         )
         for spec in SAM_MODES.values()

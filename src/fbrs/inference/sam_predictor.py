@@ -3,7 +3,9 @@
 Per image the encoder runs once (`SamModel.embed`, cached across predictors and objects); per click the
 decoder runs on all clicks as points, plus (mask feedback) the previous click's low-res logits as SAM's
 mask input. f-BRS modes optimise a per-channel scale and bias at an insertion point of the decoder with
-the project's L-BFGS objective (`fbrs.inference.brs`), re-running only what follows that point.
+the project's L-BFGS objective (`fbrs.inference.brs`), re-running only what follows that point. With
+Zoom-In (`fbrs.inference.sam_zoom`) the decoder works on the embedding of a crop around the object from
+the second click on.
 """
 
 from __future__ import annotations
@@ -14,24 +16,33 @@ from typing import Any
 import numpy as np
 import torch
 
-from fbrs.inference.brs.guard import GuardConfig, resolve_guard
+from fbrs.inference.brs.guard import GuardConfig, config_from_option, resolve_guard
 from fbrs.inference.brs.objective import BRSConfig, LBFGSConfig
 from fbrs.inference.brs.refiners import FeatureBRS, NoRefinement, Refiner
 from fbrs.inference.interactive import InteractivePredictor, PredictorState
 from fbrs.inference.sam_guard import FeedbackGuardConfig, choose_answer, no_mask_answer, resolve_feedback_guard
 from fbrs.inference.sam_network import SamNetwork
+from fbrs.inference.sam_zoom import (
+    SamFrame,
+    SamZoomConfig,
+    clicks_in_frame,
+    crop_of,
+    frame_probabilities,
+    next_roi,
+    resample_low_res,
+)
 from fbrs.models.sam.decoder import SAM_INSERTIONS
-from fbrs.models.sam.frame import to_low_res, upscale_logits
-from fbrs.models.sam.image_encoder import ImageEmbedding
 from fbrs.models.sam.model import SamModel
 
 
 @dataclass(frozen=True, eq=False, repr=False)
 class SamState(PredictorState):
     """A `SamPredictor`'s state: `PredictorState` plus the last click's (1, 1, L, L) low-res logits (the next
-    click's mask input) and the refiner's state dict."""
+    click's mask input), the frame they are in (the whole image's embedding, or Zoom-In's crop and its
+    embedding) and the refiner's state dict."""
 
     low_res: torch.Tensor | None
+    frame: SamFrame | None
     refiner: dict[str, Any]
 
 
@@ -59,8 +70,8 @@ class SamPredictor(InteractivePredictor):
         feedback_guard: with mask feedback: False (default) / True / a `sam_guard.FeedbackGuardConfig`: also run
             the decoder without the mask input at each click and keep that answer where the fed-back one
             violates more clicks or changes much of the mask far from the new click (`sam_guard`).
-        zoom_in: accepted so that callers which pass it to every mode work; Zoom-In is not implemented for
-            this family, the whole image is always encoded.
+        zoom_in: False (default) / True / a `fbrs.inference.sam_zoom.SamZoomConfig`: from the second click
+            on, decode in a crop around the object (one more encoder run whenever the crop changes).
 
     Undo / redo / get_state / set_state / predict: see `fbrs.inference.interactive.InteractivePredictor`.
     """
@@ -76,7 +87,7 @@ class SamPredictor(InteractivePredictor):
         prob_threshold: float = 0.5,
         lbfgs_max_evaluations: int = 20,
         max_clicks: int | None = None,
-        zoom_in: bool = False,
+        zoom_in: SamZoomConfig | bool | None = False,
         mode: str | None = None,
         guard: GuardConfig | bool | None = None,
         feedback_guard: FeedbackGuardConfig | bool | None = None,
@@ -103,24 +114,29 @@ class SamPredictor(InteractivePredictor):
         else:
             self.refiner = FeatureBRS(insertion, guard=resolve_guard(guard, False), **common)
         self.feedback_guard = resolve_feedback_guard(feedback_guard, False)
+        self.zoom = config_from_option(zoom_in, False, SamZoomConfig, "zoom_in")
         self.last_feedback_choice: str | None = None  # "fed" or the sam_guard rule that chose the no-mask answer
-        self._embedding: ImageEmbedding | None = None
+        self._image_frame: SamFrame | None = None  # the whole image's embedding
+        self._frame: SamFrame | None = None  # where the last click was decoded (a crop with Zoom-In)
         self._low_res: torch.Tensor | None = None  # (1, 1, L, L) logits of the last click: the next mask input
 
     # -- InteractivePredictor hooks ---------------------------------------------------------------
     def _load_image(self, image: np.ndarray) -> None:
         # Runs the image encoder unless the model has this image's embedding cached.
-        self._embedding = self.model.embed(image)
+        self._image_frame = SamFrame(self.model.embed(image))
 
     def _reset_model(self) -> None:
         self._low_res = None
+        self._frame = self._image_frame
         self.refiner.reset()
 
     def _model_state(self) -> dict[str, Any]:
-        return {"low_res": self._low_res, "refiner": self.refiner.get_state()}
+        return {"low_res": self._low_res, "frame": self._frame, "refiner": self.refiner.get_state()}
 
     def _restore_model_state(self, state: SamState) -> None:
         self._low_res = state.low_res
+        # A state from before frames were stored has its low-res logits in the whole image's frame.
+        self._frame = state.frame or self._image_frame
         self.refiner.set_state(state.refiner)
 
     def _compute(self) -> tuple[np.ndarray, None]:
@@ -129,28 +145,41 @@ class SamPredictor(InteractivePredictor):
 
     # -- internals --------------------------------------------------------------------------------
     def _predict(self) -> tuple[np.ndarray, torch.Tensor]:
-        """-> ((H, W) float32 probabilities, (1, 1, L, L) low-res logits) of the current clicks."""
-        embedding = self._embedding
+        """-> ((H, W) float32 probabilities, (1, 1, L, L) low-res logits in `self._frame`) of the current clicks."""
         config = self.model.config
         size = config.low_res_size
-        frame = torch.zeros((1, 1, size, size), device=embedding.embedding.device)
-        clicks = [
-            click.moved(*to_low_res(click.y, click.x, embedding.scale, config.input_size, size))
-            for click in self._clicks
-        ]
-        mask_prompt = self._low_res if self.mask_feedback else None
+        frame, mask_prompt = self._frame_for_click()
+        embedding = frame.embedding
+        grid = torch.zeros((1, 1, size, size), device=embedding.embedding.device)
+        clicks = clicks_in_frame(frame, self._clicks, config.input_size, size)
+        if not self.mask_feedback:
+            mask_prompt = None
         network = SamNetwork(self.model.decoder, embedding, mask_prompt, self.multimask_first_click)
-        low_res = self.refiner.predict(network, frame, [clicks], image_changed=False).detach()
+        low_res = self.refiner.predict(network, grid, [clicks], image_changed=frame is not self._frame).detach()
         self.last_feedback_choice = None
         if self.feedback_guard is not None and mask_prompt is not None:
-            free, free_iou = no_mask_answer(self.model.decoder, embedding, self.multimask_first_click, frame, clicks)
+            free, free_iou = no_mask_answer(self.model.decoder, embedding, self.multimask_first_click, grid, clicks)
             self.last_feedback_choice = choose_answer(
                 self.feedback_guard, low_res, network.last_iou, free, free_iou, mask_prompt, clicks
             )
             if self.last_feedback_choice != "fed":
                 low_res = free
-        with torch.no_grad():
-            logits = upscale_logits(low_res, embedding.resized_size, embedding.image_size, config.input_size)
-            probabilities = torch.sigmoid(logits)[0, 0].cpu().numpy().astype(np.float32, copy=False)
-        return probabilities, low_res
+        self._frame = frame
+        return frame_probabilities(frame, low_res, self.image_size, config.input_size), low_res
 
+    def _frame_for_click(self) -> tuple[SamFrame, torch.Tensor | None]:
+        """The frame to decode the current clicks in, and the previous click's logits moved into it."""
+        frame, low_res = self._frame, self._low_res
+        if self.zoom is None:
+            return frame, low_res
+        roi = next_roi(self.zoom, self._probabilities, self._clicks, frame.roi)
+        if roi == frame.roi:
+            return frame, low_res
+        if roi is None:
+            new = self._image_frame
+        else:
+            new = SamFrame(self.model.embed(crop_of(self._image, roi), cache=False), roi)
+        if low_res is not None:
+            config = self.model.config
+            low_res = resample_low_res(low_res, frame, new, config.input_size, config.low_res_size)
+        return new, low_res

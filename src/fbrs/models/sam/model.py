@@ -53,12 +53,17 @@ class SamModel:
         with self._lock:
             return key in self._cache
 
-    def embed(self, image: np.ndarray) -> ImageEmbedding:
+    def embed(self, image: np.ndarray, cache: bool = True) -> ImageEmbedding:
         """image (H, W, 3) uint8 RGB -> its ImageEmbedding (cached).
+
+        cache=False: encode without looking up or storing (Zoom-In's crops, `fbrs.inference.sam_zoom`: each
+        is used by one object, and storing them would push whole images out of the cache).
 
         Thread-safe. The encoder runs outside the lock, so an encoding in one thread (the app's prefetch of
         the next image) never holds up another thread's cached image; a thread asking for an image that
         another thread is encoding waits for that result instead of encoding it a second time."""
+        if not cache:
+            return self._encode(None, image)
         key = _image_key(image)
         while True:
             with self._lock:
@@ -77,7 +82,7 @@ class SamModel:
                 self._pending.pop(key, None)
             pending.set()
 
-    def _encode(self, key: str, image: np.ndarray) -> ImageEmbedding:
+    def _encode(self, key: str | None, image: np.ndarray) -> ImageEmbedding:
         start = time.perf_counter()
         embedding = self.encoder(image)
         self.encoder_seconds.append(time.perf_counter() - start)
@@ -85,6 +90,8 @@ class SamModel:
         embedding = ImageEmbedding(
             embedding.embedding.to(device), embedding.scale, embedding.image_size, embedding.resized_size
         )
+        if key is None:
+            return embedding
         with self._lock:
             self._cache[key] = embedding
             while len(self._cache) > self.cache_size:
