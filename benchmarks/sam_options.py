@@ -95,6 +95,12 @@ GUARDS = {
     "iou0.05": FeedbackGuardConfig(rules=("iou",), iou_margin=0.05),
     "clicks+iou0.05": FeedbackGuardConfig(rules=("clicks", "iou"), iou_margin=0.05),
     "clicks+far0.2+iou0.05": FeedbackGuardConfig(rules=("clicks", "far", "iou"), iou_margin=0.05),
+    # with the fed-back pass's multimask outputs as alternatives too (or only them)
+    "far0.3+mm": FeedbackGuardConfig(alternatives=("no_mask", "multimask")),
+    "mm-far0.3": FeedbackGuardConfig(alternatives=("multimask",)),
+    "mm-far0.2": FeedbackGuardConfig(alternatives=("multimask",), max_far_change=0.2),
+    "clicks+far0.3+mm": FeedbackGuardConfig(rules=("clicks", "far"), alternatives=("no_mask", "multimask")),
+    "iou0.05+mm": FeedbackGuardConfig(rules=("iou",), alternatives=("no_mask", "multimask")),
 }
 
 

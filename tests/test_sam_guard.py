@@ -9,7 +9,13 @@ import torch
 
 import fbrs
 from fbrs.inference.clicks import Click
-from fbrs.inference.sam_guard import FeedbackGuardConfig, choose_answer, resolve_feedback_guard, violated_clicks
+from fbrs.inference.sam_guard import (
+    Answer,
+    FeedbackGuardConfig,
+    choose_answer,
+    resolve_feedback_guard,
+    violated_clicks,
+)
 from fbrs.inference.sam_modes import SAM_MODES
 from fbrs.inference.sam_predictor import SamPredictor
 from fbrs.models.sam.tiny import build_tiny_sam_model
@@ -52,7 +58,27 @@ def test_violated_clicks_counts_clicks_on_their_wrong_side():
 )
 def test_choose_answer(rules, fed, fed_iou, free, free_iou, expected):
     config = FeedbackGuardConfig(rules=rules, iou_margin=0.05)
-    assert choose_answer(config, fed, fed_iou, free, free_iou, PREVIOUS, CLICKS) == expected
+    fed_answer, free_answer = Answer(fed, fed_iou), Answer(free, free_iou)
+    rule, chosen = choose_answer(config, fed_answer, [free_answer], PREVIOUS, CLICKS)
+    assert rule == expected
+    assert chosen is (fed_answer if expected == "fed" else free_answer)
+
+
+def test_choose_answer_among_several_alternatives_takes_the_best_one():
+    config = FeedbackGuardConfig(rules=("clicks", "far", "iou"), iou_margin=0.05)
+    fed = Answer(COLLAPSED, 0.9)  # keeps the clicks, loses the object far away
+    breaking, mild, corrected = Answer(GROWN, 0.99), Answer(_disc(32, 24, 9), 0.5), Answer(CORRECTED, 0.4)
+    # far: the alternative that keeps the clicks and changes least far away; the one breaking a click never
+    assert choose_answer(config, fed, [breaking, mild, corrected], PREVIOUS, CLICKS) == ("far", corrected)
+    # clicks: of those breaking fewer clicks than the fed-back answer, the fewest, then the highest IoU
+    grown = Answer(GROWN, 0.9)
+    assert choose_answer(config, grown, [mild, corrected], PREVIOUS, CLICKS) == ("clicks", mild)
+    assert choose_answer(config, grown, [], PREVIOUS, CLICKS) == ("fed", grown)
+    # iou: the highest-rated of the eligible alternatives, beyond the margin
+    fine = Answer(CORRECTED, 0.6)
+    assert choose_answer(config, fine, [Answer(CORRECTED, 0.7), Answer(CORRECTED, 0.8)], PREVIOUS, CLICKS)[1].iou == 0.8
+    with pytest.raises(ValueError, match="alternatives"):
+        FeedbackGuardConfig(alternatives=("box",))
 
 
 def test_config_and_option_errors():
@@ -127,3 +153,30 @@ def test_sam_guarded_is_the_plain_loop_with_the_guard(image):
         np.testing.assert_array_equal(off.add_click(*click), plain.add_click(*click))
     by_iou = fbrs.create_predictor("SAM-guarded-iou", model)
     assert by_iou.feedback_guard == FeedbackGuardConfig(rules=("iou",), iou_margin=0.05)
+
+
+def test_the_multimask_alternatives_are_the_fed_back_pass_outputs(image):
+    from fbrs.inference.sam_guard import alternative_answers
+    from fbrs.models.sam.frame import to_low_res
+
+    model = build_tiny_sam_model(seed=0)
+    embedding = model.embed(image)
+    config = model.config
+    size = config.low_res_size
+    clicks = [Click(*to_low_res(35, 50, embedding.scale, config.input_size, size), True),
+              Click(*to_low_res(5, 5, embedding.scale, config.input_size, size), False)]
+    previous = _disc(size / 2, size / 2, size / 4)[:, :, :size, :size]
+    previous = torch.nn.functional.interpolate(previous, size=(size, size))
+    frame = torch.zeros((1, 1, size, size))
+    guard = FeedbackGuardConfig(alternatives=("no_mask", "multimask"))
+    answers = alternative_answers(guard, model.decoder, embedding, previous, True, frame, clicks)
+    assert len(answers) == 4
+    # the three multimask outputs of one decoder pass with the mask input, with their IoU predictions
+    scale = embedding.scale
+    coords = torch.tensor([[(50 * scale, 35 * scale), (5 * scale, 5 * scale), (0.0, 0.0)]])
+    labels = torch.tensor([[1.0, 0.0, -1.0]])
+    with torch.no_grad():
+        masks, ious = model.decoder(embedding.embedding, coords, labels, previous)
+    for index, answer in enumerate(answers[1:], start=1):
+        torch.testing.assert_close(answer.logits, masks[:, index : index + 1], atol=1e-4, rtol=0)
+        assert answer.iou == pytest.approx(float(ious[0, index]), abs=1e-5)

@@ -20,7 +20,13 @@ from fbrs.inference.brs.guard import GuardConfig, config_from_option, resolve_gu
 from fbrs.inference.brs.objective import BRSConfig, LBFGSConfig
 from fbrs.inference.brs.refiners import FeatureBRS, NoRefinement, Refiner
 from fbrs.inference.interactive import InteractivePredictor, PredictorState
-from fbrs.inference.sam_guard import FeedbackGuardConfig, choose_answer, no_mask_answer, resolve_feedback_guard
+from fbrs.inference.sam_guard import (
+    Answer,
+    FeedbackGuardConfig,
+    alternative_answers,
+    choose_answer,
+    resolve_feedback_guard,
+)
 from fbrs.inference.sam_network import SamNetwork
 from fbrs.inference.sam_zoom import (
     SamFrame,
@@ -158,12 +164,14 @@ class SamPredictor(InteractivePredictor):
         low_res = self.refiner.predict(network, grid, [clicks], image_changed=frame is not self._frame).detach()
         self.last_feedback_choice = None
         if self.feedback_guard is not None and mask_prompt is not None:
-            free, free_iou = no_mask_answer(self.model.decoder, embedding, self.multimask_first_click, grid, clicks)
-            self.last_feedback_choice = choose_answer(
-                self.feedback_guard, low_res, network.last_iou, free, free_iou, mask_prompt, clicks
+            alternatives = alternative_answers(
+                self.feedback_guard, self.model.decoder, embedding, mask_prompt, self.multimask_first_click, grid,
+                clicks,
             )
-            if self.last_feedback_choice != "fed":
-                low_res = free
+            self.last_feedback_choice, chosen = choose_answer(
+                self.feedback_guard, Answer(low_res, network.last_iou), alternatives, mask_prompt, clicks
+            )
+            low_res = chosen.logits
         self._frame = frame
         return frame_probabilities(frame, low_res, self.image_size, config.input_size), low_res
 
