@@ -44,7 +44,7 @@ def test_the_default_mode_is_the_sam_family_with_its_files_and_f_brs_b_without(m
     missing = tmp_path / "absent_encoder.onnx"
     monkeypatch.setenv("FBRS_SAM_ENCODER", str(missing))
     engine = sam_engine()
-    assert engine.default_mode == "f-BRS-B"
+    assert engine.default_mode == "f-BRS-B-guarded"
     assert "default mode SAM unavailable" in engine.default_note and str(missing) in engine.default_note
     # The DeepLab modes stay selectable beside it, and a chosen default wins when it can run.
     assert PredictionEngine(build_model("tiny_test"), default_mode="NoBRS").default_mode == "NoBRS"

