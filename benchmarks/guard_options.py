@@ -44,6 +44,11 @@ CANDIDATES = {
     "i0.3-r0.25-t0.2": GuardConfig(radius=0.25, max_far_change=0.2, insist=0.3),
     "si-r0.25-t0.2": GuardConfig(radius=0.25, max_far_change=0.2, signed=True, insist=1.0),
     "si0.5-r0.25-t0.2": GuardConfig(radius=0.25, max_far_change=0.2, signed=True, insist=0.5),
+    # p<x>: also damp a solution that changes more than x of the previous click's mask far from the new click
+    # (and more than the network's own answer does there): GuardConfig.previous_far_change
+    "i0.3-p0.3": GuardConfig(previous_far_change=0.3),
+    "i0.3-p0.2": GuardConfig(previous_far_change=0.2),
+    "i0.3-p0.1": GuardConfig(previous_far_change=0.1),
 }
 
 

@@ -136,3 +136,36 @@ def test_an_insisting_click_may_change_more():
     assert guarded_solution(no_insisting, _logits_at(table), solution, DESTRUCTIVE, insisting, 0.49, 0.0)[2] == 0.0
     # The default lets an insisting click change up to 0.3 far away, not wreck the mask.
     assert guarded_solution(GuardConfig(), _logits_at(table), solution, DESTRUCTIVE, insisting, 0.49, 0.0)[2] == 0.0
+
+
+def test_the_previous_mask_rule_sees_a_collapse_near_old_clicks():
+    # Late in a session most of the object is near some click: the first rule no longer sees a hole punched
+    # around an old positive click, the comparison with the previous click's mask does.
+    old_clicks = [Click(32, 28, True), Click(32, 18, True), Click(22, 28, True), Click(42, 28, True)]
+    clicks = [old_clicks + [Click(32, 45, False)]]
+    hole = _logits(OBJECT & ~BUMP & ~_disc(32, 18, 7))
+    previous = _logits(OBJECT)
+    assert far_change(hole, NETWORK, clicks, GuardConfig(), 0.49) <= 0.2  # accepted by the first rule
+    solution = np.ones(8, dtype=np.float32)
+    table = {0.0: NETWORK, 1.0: hole, 0.5: RESPECTING, 0.25: RESPECTING}
+
+    def fraction(config: GuardConfig, previous_logits: torch.Tensor | None) -> float:
+        return guarded_solution(config, _logits_at(table), solution, hole, clicks, 0.49, None, previous_logits)[2]
+
+    assert fraction(GuardConfig(), previous) == 1.0  # the rule is off by default
+    assert fraction(GuardConfig(previous_far_change=0.1), previous) == 0.5
+    assert fraction(GuardConfig(previous_far_change=0.1), None) == 1.0  # no previous mask in this frame
+    assert fraction(GuardConfig(previous_far_change=0.3), previous) == 1.0  # a small enough change
+    # Compared with the previous mask, not the network: had the user's mask the hole already, it is kept.
+    assert fraction(GuardConfig(previous_far_change=0.1), _logits(OBJECT & ~_disc(32, 18, 7))) == 1.0
+
+
+def test_the_refiner_keeps_the_previous_answer_in_its_state(tiny_model, image):
+    predictor = fbrs.create_predictor("f-BRS-B-guarded", tiny_model, guard=GuardConfig(previous_far_change=0.2))
+    predictor.set_image(image)
+    predictor.add_click(30, 40, True)
+    first = predictor.get_state()
+    second = predictor.add_click(10, 10, False)
+    assert first.refiner["previous_logits"] is not None
+    predictor.undo()
+    np.testing.assert_array_equal(predictor.add_click(10, 10, False), second)

@@ -40,7 +40,13 @@ class GuardConfig:
     items are compared (the flipped copy's clicks are mirrored). insist: after a click whose solution was
     damped or rejected, a next click of the same label near it (within the radius) is the user insisting
     there, and rejecting again stalls the robot on the same spot: for that click the largest accepted far
-    change is `insist` instead of max_far_change (1.0: accept the solution; None: no such rule)."""
+    change is `insist` instead of max_far_change (1.0: accept the solution; None: no such rule).
+
+    previous_far_change: also compare with the previous click's mask (in the same frame), counting only
+    the pixels far from the new click: a solution that changes more than this fraction there, and more
+    than the network's own answer does, is damped too (None: no such rule). Why: with many clicks most of
+    the object is "near" some click, so the first comparison no longer sees a collapse at the 7th click;
+    the previous mask is what the user had accepted away from where they clicked now."""
 
     radius: float = 0.25
     max_far_change: float = 0.2
@@ -48,6 +54,7 @@ class GuardConfig:
     min_radius: float = 5.0
     signed: bool = False
     insist: float | None = 0.3
+    previous_far_change: float | None = None
 
 
 def far_from_clicks(clicks_lists: Sequence[Sequence[Click]], height: int, width: int, radius: float) -> torch.Tensor:
@@ -128,22 +135,41 @@ def guarded_solution(
     clicks_lists: Sequence[Sequence[Click]],
     threshold: float,
     previous_fraction: float | None = None,
+    previous_logits: torch.Tensor | None = None,
 ) -> tuple[np.ndarray, torch.Tensor, float]:
     """-> (variables, logits, t): the refined `solution` (t = 1) if its mask changes little far from the
     clicks relative to the network's own answer `logits_at(0)`, else the first damped `t * solution` that
     does, else the network's own answer (t = 0). `logits_at(x)`: flat variables -> (B, 1, h, w) logits.
-    previous_fraction: t of the previous click (`config.insist`)."""
+    previous_fraction: t of the previous click (`config.insist`); previous_logits: the previous click's
+    logits in this frame, or None (`config.previous_far_change`)."""
     zero = np.zeros_like(solution)
     reference = logits_at(zero)
     limit = config.max_far_change
-    if insisting(config, clicks_lists, previous_fraction, reference, threshold):
+    insists = insisting(config, clicks_lists, previous_fraction, reference, threshold)
+    if insists:
         limit = config.insist
-    if far_change(solution_logits, reference, clicks_lists, config, threshold) <= limit:
+    check_previous = config.previous_far_change is not None and previous_logits is not None and not insists
+    if check_previous:
+        batch = len(clicks_lists)
+        previous_logits = previous_logits[:batch]
+        new_clicks = [[clicks[-1]] for clicks in clicks_lists]
+        unsigned = GuardConfig(radius=config.radius, min_radius=config.min_radius)
+        network_change = far_change(reference[:batch], previous_logits, new_clicks, unsigned, threshold)
+        previous_limit = max(config.previous_far_change, network_change)
+
+    def acceptable(logits: torch.Tensor) -> bool:
+        if far_change(logits, reference, clicks_lists, config, threshold) > limit:
+            return False
+        if check_previous:
+            return far_change(logits[:batch], previous_logits, new_clicks, unsigned, threshold) <= previous_limit
+        return True
+
+    if acceptable(solution_logits):
         return solution, solution_logits, 1.0
     for fraction in config.damping:
         candidate = (solution * fraction).astype(solution.dtype)
         logits = logits_at(candidate)
-        if far_change(logits, reference, clicks_lists, config, threshold) <= limit:
+        if acceptable(logits):
             return candidate, logits, float(fraction)
     return zero, reference, 0.0
 

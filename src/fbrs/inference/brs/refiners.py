@@ -144,24 +144,29 @@ class FeatureBRS(Refiner):
         self.windowed_gradient = windowed_gradient
         self.variables: np.ndarray | None = None  # [s (B*C), b (B*C)]; kept across clicks and Zoom-In crops
         self._cache: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        # The last click's answer, for GuardConfig.previous_far_change.
+        self._previous_logits: torch.Tensor | None = None
 
     def reset(self) -> None:
         super().reset()
         self.variables = None
         self._cache = None
         self.last_guard_fraction = None
+        self._previous_logits = None
 
     def get_state(self) -> dict[str, Any]:
         return {
             "variables": None if self.variables is None else self.variables.copy(),
             "cache": self._cache,  # tensors are never modified in place: sharing them is safe
             "guard_fraction": self.last_guard_fraction,  # GuardConfig.insist looks at the previous click's
+            "previous_logits": self._previous_logits,
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.variables = None if state["variables"] is None else state["variables"].copy()
         self._cache = state["cache"]
         self.last_guard_fraction = state.get("guard_fraction")
+        self._previous_logits = state.get("previous_logits")
 
     def predict(self, model, image, clicks_lists, image_changed):
         height, width = image.shape[2:]
@@ -219,15 +224,21 @@ class FeatureBRS(Refiner):
                 with torch.no_grad():
                     return logits_fn(*unpack(torch.from_numpy(x))[0])
 
+            previous = self._previous_logits
+            if image_changed or previous is None or previous.shape != objective.best_logits.shape:
+                previous = None  # another frame (a new Zoom-In crop): nothing to compare with
             variables, logits, self.last_guard_fraction = guarded_solution(
                 self.guard, logits_at, objective.best_x, objective.best_logits, clicks_lists,
-                self.config.prob_threshold, previous_fraction,
+                self.config.prob_threshold, previous_fraction, previous,
             )
             if self.last_guard_fraction < 1.0:  # else keep the original's state: the final x of L-BFGS
                 self.variables = variables
-            return logits
-        if objective.best_logits is not None:
-            return objective.best_logits
-        with torch.no_grad():
-            variables, _ = unpack(torch.from_numpy(self.variables))
-            return logits_fn(*variables)
+        elif objective.best_logits is not None:
+            logits = objective.best_logits
+        else:
+            with torch.no_grad():
+                variables, _ = unpack(torch.from_numpy(self.variables))
+                logits = logits_fn(*variables)
+        if self.guard is not None and self.guard.previous_far_change is not None:
+            self._previous_logits = logits.detach()
+        return logits
