@@ -331,6 +331,7 @@ def test_one_recipe_gives_every_mode_its_options():
     assert recipe.options_for("f-BRS-B", "DAVIS")["zoom_in_target_size"] == 600
     assert recipe.options_for("RGB-BRS", "Berkeley") == {**given, **zoom}  # stays in torch
     assert recipe.options_for("SAM-f-BRS-upscaled", "DAVIS") == {"lbfgs_max_evaluations": 5}
+    assert recipe.options_for("SAM-zoom", "DAVIS") == {"lbfgs_max_evaluations": 5, "zoom_in": True}
     assert recipe.options_for("graphcut", "GrabCut") == {}
     sized = EvaluationSettings(["DAVIS"], ["NoBRS"], zoom_in_target_size=320).predictor_recipe
     assert sized.options_for("NoBRS", "DAVIS") == {"zoom_in": True, "zoom_in_target_size": 320}

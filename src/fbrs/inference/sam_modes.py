@@ -59,11 +59,11 @@ SAM_MODES["SAM-zoom"] = SamModeSpec(
 
 
 #: The predictor options (`fbrs evaluate`'s predictor_options, `create_predictor(mode, **options)`) that the
-#: SAM modes take; the runner drops the others (flip TTA, clicks limit, max image side, backend) and
-#: `fbrs evaluate` says so.
+#: SAM modes take (the "-zoom" modes zoom_in too); the runner drops the others (flip TTA, clicks limit, max
+#: image side, backend) and `fbrs evaluate` says so.
 SAM_OPTIONS = (
     "lbfgs_max_evaluations", "max_clicks", "prob_threshold", "mask_feedback", "multimask_first_click", "guard",
-    "feedback_guard", "zoom_in",
+    "feedback_guard",
 )
 
 
@@ -96,7 +96,7 @@ def mode_specs() -> list[ModeSpec]:
     return [
         ModeSpec(
             name=spec.name, factory=_factory(spec), family="sam", description=spec.description,
-            needs_model=False, options=SAM_OPTIONS,
+            needs_model=False, options=SAM_OPTIONS + (("zoom_in",) if spec.zoom else ()),
             # Without Zoom-In in the mode the zoom_in option has no effect (callers pass it to every mode).
             ignored=() if spec.zoom else ("zoom_in",),
             gradients=spec.insertion is not None, config=spec,
