@@ -73,9 +73,10 @@ class SamPredictor(InteractivePredictor):
         max_clicks: refuse clicks beyond this many (None: no limit).
         guard: f-BRS only: False (default) / True / a `fbrs.inference.brs.guard.GuardConfig`: damp an L-BFGS
             solution that flips many pixels far from every click relative to the decoder's own answer.
-        feedback_guard: with mask feedback: False (default) / True / a `sam_guard.FeedbackGuardConfig`: also run
-            the decoder without the mask input at each click and keep that answer where the fed-back one
-            violates more clicks or changes much of the mask far from the new click (`sam_guard`).
+        feedback_guard: with mask feedback: False (default) / True / a `sam_guard.FeedbackGuardConfig`: weigh
+            the fed-back answer against alternatives (the decoder without the mask input, and/or the fed-back
+            pass's multimask outputs) and keep an alternative where the fed-back answer violates more clicks
+            or changes much of the mask far from the new click (`sam_guard`).
         zoom_in: False (default) / True / a `fbrs.inference.sam_zoom.SamZoomConfig`: from the second click
             on, decode in a crop around the object (one more encoder run whenever the crop changes).
 
@@ -121,7 +122,7 @@ class SamPredictor(InteractivePredictor):
             self.refiner = FeatureBRS(insertion, guard=resolve_guard(guard, False), **common)
         self.feedback_guard = resolve_feedback_guard(feedback_guard, False)
         self.zoom = config_from_option(zoom_in, False, SamZoomConfig, "zoom_in")
-        self.last_feedback_choice: str | None = None  # "fed" or the sam_guard rule that chose the no-mask answer
+        self.last_feedback_choice: str | None = None  # "fed" or the sam_guard rule that chose an alternative
         self._image_frame: SamFrame | None = None  # the whole image's embedding
         self._frame: SamFrame | None = None  # where the last click was decoded (a crop with Zoom-In)
         self._low_res: torch.Tensor | None = None  # (1, 1, L, L) logits of the last click: the next mask input
