@@ -8,8 +8,9 @@ the decoder's own answer: the collapsed one) sees it.
 
 The guard weighs the fed-back answer against alternatives (`FeedbackGuardConfig.alternatives`): "no_mask",
 the decoder run a second time without the mask input (the embedding is cached: decoder only), and
-"multimask", the three multimask outputs of the fed-back pass itself (no extra run: most collapses come at
-the second click, where SAM switches from its multimask choice to the single-mask output). It keeps the
+"multimask", the three multimask outputs of the decoder with the mask input (one more unrefined decoder
+run; why: most collapses come at the second click, where SAM switches from its multimask choice to the
+single-mask output). It keeps the
 fed-back answer unless a rule prefers an alternative:
 
 - "clicks": an alternative puts fewer of the clicks on their wrong side (the one with the fewest);

@@ -35,7 +35,8 @@ class SamZoomConfig:
     the crop while every positive click is inside it and the new box overlaps it by at least this box IoU.
     min_gain: zoom only when the crop's longer side is at most the image's / min_gain (else the whole image:
     a re-encode that magnifies little is not worth 1.3 s). prob_threshold: the previous mask's threshold.
-    Defaults chosen on held-out training objects (benchmarks/sam_options.py --zoom; docs/sam.md)."""
+    Defaults: the DeepLab Zoom-In's crop rule; no variant tried on held-out training objects paid
+    (benchmarks/sam_options.py --zooms; benchmarks/results/sam_zoom.md), so no mode but SAM-zoom uses it."""
 
     skip_clicks: int = 1
     expansion_ratio: float = 1.4
