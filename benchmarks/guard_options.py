@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from fbrs.evaluation.datasets import Sample
-from fbrs.evaluation.metrics import number_of_clicks
+from fbrs.evaluation.metrics import collapses, number_of_clicks
 from fbrs.evaluation.protocol import evaluate_sample
 from fbrs.inference import create_predictor
 from fbrs.inference.brs.guard import GuardConfig
@@ -116,11 +116,6 @@ class ActionLog:
         return probabilities
 
 
-def drops(curve: list[float], amount: float = 0.3) -> bool:
-    """Whether the IoU falls by more than `amount` below its best so far at some click."""
-    return any(max(curve[: i + 1]) - value > amount for i, value in enumerate(curve))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--per-set", type=int, default=8)
@@ -173,7 +168,7 @@ def main() -> None:
         noc90 = np.mean([number_of_clicks(c, 0.90) for c in curves])
         failed = sum(max(c) < 0.90 for c in curves)
         print(f"{args.mode} {name}: objects {len(curves)} NoC@85 {noc85:.2f} NoC@90 {noc90:.2f} "
-              f"#>=20 {failed} drops>0.3 {sum(drops(c) for c in curves)}")
+              f"#>=20 {failed} drops>0.3 {sum(collapses(c) for c in curves)}")
 
 
 if __name__ == "__main__":

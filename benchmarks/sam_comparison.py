@@ -5,9 +5,10 @@
 
 For each dataset and mode found in the runs: instances, NoC@85, NoC@90, #>=20 (never at 0.90 within the
 clicks), mean IoU after clicks 1 / 3 / 5 / 10 / 20, seconds per click, the number of instances that lose more
-than 0.3 IoU from their best so far at some click ("drops"), and against the plain `SAM` mode of the same
-dataset (where measured): instances solved sooner / later at 0.90. Only instances every compared mode finished
-are counted in the comparison column; the other columns use every finished instance (the count says how many).
+than 0.3 IoU from their best so far at some click (fbrs.evaluation.metrics.collapses), and against the plain
+`SAM` mode of the same dataset (where measured): instances solved sooner / later at 0.90. Only instances every
+compared mode finished are counted in the comparison column; the other columns use every finished instance (the
+count says how many).
 """
 
 from __future__ import annotations
@@ -18,22 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from fbrs.errors import FbrsError
-from fbrs.evaluation.metrics import mean_iou_per_click, number_of_clicks
+from fbrs.evaluation.metrics import collapses, mean_iou_per_click, number_of_clicks
 from fbrs.evaluation.run_folder import load_run_records
 from fbrs.io_utils import write_text_atomic
 
-DROP = 0.3
 MAX_CLICKS = 20
-
-
-def drops(ious: list[float]) -> bool:
-    """True when the IoU falls more than DROP below its best so far at some click."""
-    best = 0.0
-    for value in ious:
-        best = max(best, value)
-        if best - value > DROP:
-            return True
-    return False
 
 
 def rows_for(dataset: str, by_mode: dict[str, list[dict]]) -> list[str]:
@@ -60,7 +50,7 @@ def rows_for(dataset: str, by_mode: dict[str, list[dict]]) -> list[str]:
         curve = " / ".join(f"{miou[k - 1]:.3f}" for k in (1, 3, 5, 10, 20))
         lines.append(
             f"| {dataset} | {mode} | {len(curves)} | {noc85:.2f} | {noc90:.2f} | {unsolved} | {curve} | "
-            f"{seconds:.3f} | {sum(drops(c) for c in curves)} | {versus} |"
+            f"{seconds:.3f} | {sum(collapses(c) for c in curves)} | {versus} |"
         )
     return lines
 

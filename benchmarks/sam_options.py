@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 
 from fbrs.evaluation.datasets import Sample
-from fbrs.evaluation.metrics import number_of_clicks
+from fbrs.evaluation.metrics import collapses, number_of_clicks
 from fbrs.evaluation.protocol import evaluate_sample
 from fbrs.inference.sam_guard import FeedbackGuardConfig
 from fbrs.inference.sam_predictor import SamPredictor
@@ -116,17 +116,12 @@ ZOOMS = {
 }
 
 
-def drops(curve: list[float], amount: float = 0.3) -> bool:
-    """Whether the IoU falls by more than `amount` below its best so far at some click."""
-    return any(max(curve[: i + 1]) - value > amount for i, value in enumerate(curve))
-
-
 def summary(curves: list[list[float]]) -> str:
     noc85 = np.mean([number_of_clicks(c, 0.85) for c in curves])
     noc90 = np.mean([number_of_clicks(c, 0.90) for c in curves])
     failed = sum(max(c) < 0.90 for c in curves)
     return (f"objects {len(curves)} NoC@85 {noc85:.2f} NoC@90 {noc90:.2f} #>=20 {failed} "
-            f"drops>0.3 {sum(drops(c) for c in curves)}")
+            f"drops>0.3 {sum(collapses(c) for c in curves)}")
 
 
 def main() -> None:
@@ -207,7 +202,7 @@ def run_guards(args: argparse.Namespace, model) -> None:
             for name in names:
                 run(log, sample, name)
         for sample in scanned:
-            if drops(run(log, sample, "off")):
+            if collapses(run(log, sample, "off")):
                 collapsing.append(sample)
                 for name in names:
                     run(log, sample, name)

@@ -17,7 +17,7 @@ from PIL import Image
 from fbrs.cli import main
 from fbrs.errors import CheckpointError, ConfigError
 from fbrs.evaluation.datasets import Sample
-from fbrs.evaluation.metrics import compute_noc, noc_thresholds
+from fbrs.evaluation.metrics import collapses, compute_noc, noc_thresholds
 from fbrs.evaluation.protocol import evaluate_sample
 from fbrs.evaluation.run_folder import load_run_records, results_path
 
@@ -86,6 +86,7 @@ def test_evaluate_limit_then_resume_writes_all_outputs(tmp_path, capsys):
         nocs, over_max = compute_noc(curves, noc_thresholds(0.9), max_clicks=4)
         assert [entry["noc"][t] for t in ("80", "85", "90")] == nocs
         assert entry["over_max"]["90"] == over_max[2]
+        assert entry["collapses"] == sum(collapses(curve) for curve in curves)
         assert entry["samples"] == entry["expected_samples"] == 3
         assert len(entry["miou_per_click"]) == 4
         assert entry["spc"] > 0
@@ -94,6 +95,7 @@ def test_evaluate_limit_then_resume_writes_all_outputs(tmp_path, capsys):
 
     markdown = (run / "summary.md").read_text()
     assert "| Method | synth NoC@85 | synth NoC@90 |" in markdown and "| f-BRS-B |" in markdown
+    assert "| Method | synth NoC@90 | synth #>=4 | synth collapses | synth SPC, s |" in markdown
     csv_lines = (run / "summary.csv").read_text().splitlines()
     assert csv_lines[0].startswith("dataset,mode,samples") and len(csv_lines) == 3
     for png in [

@@ -1,4 +1,4 @@
-"""NoC / IoU / time metrics against the original compute_noc_metric examples (units.json)."""
+"""NoC / IoU / time metrics against the original compute_noc_metric examples (units.json); collapses."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from fbrs.evaluation.metrics import (
+    collapses,
     compute_noc,
     iou,
     mean_iou_per_click,
@@ -74,3 +75,13 @@ def test_iou_of_two_empty_masks_is_one_and_ignore_is_left_out():
     pred = np.array([[1, 0, 1]], bool)
     assert iou(gt, pred) == pytest.approx(1 / 3)
     assert iou(gt, pred, ignore_mask=np.array([[0, 1, 1]], bool)) == 1.0
+
+
+def test_collapse_is_a_fall_from_the_best_so_far_not_from_the_previous_click():
+    assert collapses([0.9, 0.5])  # 0.4 at once (Berkeley 388016 fell 0.82 -> 0.01 at click 2)
+    assert collapses([0.9, 0.75, 0.55])  # 0.15 + 0.2: a slide over two clicks
+    assert not collapses([0.9, 0.61, 0.95])  # 0.29 is no collapse
+    assert not collapses([0.1, 0.05, 0.9, 0.95])  # a bad start is no collapse
+    assert not collapses([])
+    assert collapses([0.9, 0.7], drop=0.1) and not collapses([0.9, 0.7])
+    assert not collapses([0.9] * 20 + [0.1], max_clicks=20)  # only the clicks the NoC counts

@@ -1,5 +1,5 @@
 """Metrics of the standard protocol: IoU, NoC@t (number of clicks to reach IoU t), the count of images that
-never reach it, mean IoU per click, seconds per click.
+never reach it, mean IoU per click, seconds per click; and collapses (a click that wrecks the mask).
 
 Numerics follow the original evaluation code so our numbers are comparable with the paper:
   * IoU curves are stored as float32, and NoC compares them with the threshold in float32;
@@ -18,6 +18,7 @@ import numpy as np
 DEFAULT_TARGET_IOU = 0.90
 DEFAULT_MAX_CLICKS = 20
 PREDICTION_THRESHOLD = 0.49  # probs > 0.49 = object, as the original evaluation
+COLLAPSE_DROP = 0.3  # issue 14: "instances whose IoU drops by > 0.3 at some click"
 
 
 def iou(gt_mask: np.ndarray, pred_mask: np.ndarray, ignore_mask: np.ndarray | None = None) -> float:
@@ -96,3 +97,17 @@ def time_metrics(all_ious: Sequence[Sequence[float]], elapsed_seconds: float) ->
     seconds_per_click = elapsed_seconds / n_clicks if n_clicks else float("nan")
     seconds_per_image = elapsed_seconds / n_images if n_images else float("nan")
     return seconds_per_click, seconds_per_image
+
+
+def collapses(ious: Sequence[float], drop: float = COLLAPSE_DROP, max_clicks: int = DEFAULT_MAX_CLICKS) -> bool:
+    """Whether some click leaves the IoU more than `drop` below its best so far (a click wrecked the mask).
+
+    ious: IoU after click 1, 2, ...; only the first max_clicks entries count. Measured against the best so
+    far, not the previous click, so a slide over several clicks counts too.
+    """
+    best = -np.inf
+    for value in np.asarray(ious, dtype=np.float64)[:max_clicks]:
+        best = max(best, value)
+        if best - value > drop:
+            return True
+    return False

@@ -15,6 +15,7 @@ import numpy as np
 
 from fbrs.errors import FbrsError
 from fbrs.evaluation.datasets import Dataset
+from fbrs.evaluation.metrics import COLLAPSE_DROP
 from fbrs.evaluation.plots import plot_miou_vs_clicks, write_worst_case_galleries
 from fbrs.evaluation.run_folder import CONFIG_FILE
 from fbrs.evaluation.settings import EvaluationSettings
@@ -96,23 +97,29 @@ def render_summary_markdown(summary: dict[str, Any]) -> str:
         "",
         _table(*table3_markdown(summary)),
         "",
-        "## Clicks and speed (paper Table 4 layout; SPC = predictor seconds per click, Time = total seconds)",
+        "## Clicks and speed (paper Table 4 layout; collapses = samples that lose more than "
+        f"{COLLAPSE_DROP:g} IoU from their best at some click; SPC = predictor seconds per click, "
+        "Time = total seconds)",
         "",
     ]
     header = ["Method"]
     for dataset in datasets:
-        header += [f"{dataset} NoC@90", f"{dataset} #>={n20}", f"{dataset} SPC, s", f"{dataset} Time, s"]
+        header += [
+            f"{dataset} NoC@90", f"{dataset} #>={n20}", f"{dataset} collapses", f"{dataset} SPC, s",
+            f"{dataset} Time, s",
+        ]
     rows = []
     for mode in modes:
         row = [mode]
         for dataset in datasets:
             entry = entries.get((dataset, mode))
             if entry is None:
-                row += ["-"] * 4
+                row += ["-"] * 5
                 continue
             row += [
                 _number(entry["noc"].get("90")),
                 _number(entry["over_max"].get("90")),
+                _number(entry.get("collapses")),  # absent from summaries written before it was counted
                 _number(entry["spc"], 3),
                 _number(entry["time_seconds"], 1),
             ]
@@ -163,6 +170,7 @@ CSV_FIELDS = [
     "noc@90",
     "over_max@85",
     "over_max@90",
+    "collapses",
     "noc100@90",
     "over_100@90",
     "spc",
@@ -190,6 +198,7 @@ def render_summary_csv(summary: dict[str, Any]) -> str:
             "spc": entry["spc"],
             "time_seconds": entry["time_seconds"],
             "total_clicks": entry["total_clicks"],
+            "collapses": entry.get("collapses"),
             "noc100@90": entry.get("noc100_90"),
             "over_100@90": entry.get("over_100_90"),
             "oracle_miou": entry.get("oracle_miou"),

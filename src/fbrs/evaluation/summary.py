@@ -1,5 +1,5 @@
 """Summaries of evaluation runs: the metrics of each (dataset, mode) from its result records (NoC@80/85/90,
-the ">=20" counts, mIoU per click, SPC, oracle mIoU) and the hardest samples."""
+the ">=20" counts, collapses, mIoU per click, SPC, oracle mIoU) and the hardest samples."""
 
 from __future__ import annotations
 
@@ -10,7 +10,14 @@ from typing import Any
 
 import numpy as np
 
-from fbrs.evaluation.metrics import compute_noc, mean_iou_per_click, noc_thresholds, number_of_clicks, threshold_label
+from fbrs.evaluation.metrics import (
+    collapses,
+    compute_noc,
+    mean_iou_per_click,
+    noc_thresholds,
+    number_of_clicks,
+    threshold_label,
+)
 from fbrs.evaluation.run_folder import load_run_records, read_run_config
 
 STANDARD_MAX_CLICKS = 20  # NoC@85/90 and ">=20" of the paper
@@ -24,7 +31,9 @@ def summarize_records(
 
     NoC@80/85/90 and the ">=20" counts use min(20, max_clicks) clicks (a longer run's curves are cut at 20,
     which gives exactly what a 20-click run gives); with max_clicks >= 100 NoC100@90 and ">=100@90" too.
-    SPC = mean predictor time per click; time_seconds = total processing time of all samples.
+    collapses = samples whose IoU falls more than metrics.COLLAPSE_DROP below its best so far at some click
+    within those clicks. SPC = mean predictor time per click; time_seconds = total processing time of all
+    samples.
     """
     curves = [record["ious"] for record in records]
     standard_clicks = min(STANDARD_MAX_CLICKS, max_clicks)
@@ -38,6 +47,7 @@ def summarize_records(
         "noc_max_clicks": standard_clicks,
         "noc": {threshold_label(t): value for t, value in zip(thresholds, nocs, strict=True)},
         "over_max": {threshold_label(t): value for t, value in zip(thresholds, over_max, strict=True)},
+        "collapses": sum(collapses(curve, max_clicks=standard_clicks) for curve in curves),
         "miou_per_click": mean_iou_per_click(curves, max_clicks),
         "total_clicks": total_clicks,
         "spc": click_seconds / total_clicks if total_clicks else None,
