@@ -175,7 +175,10 @@ def test_report_puts_runs_side_by_side(tmp_path, capsys):
     assert len(rows) == 4  # 2 runs x 2 modes
     summary = json.loads((tmp_path / "base" / "summary.json").read_text())
     nobrs = next(e for e in summary["results"] if e["mode"] == "NoBRS")
-    assert f"| {nobrs['noc']['85']:.2f} | {nobrs['noc']['90']:.2f} |" in rows[0]
+    assert (
+        f"| {nobrs['noc']['85']:.2f} | {nobrs['noc']['90']:.2f} | {nobrs['over_max']['90']} | {nobrs['collapses']} |"
+        in rows[0]
+    )
     assert main(["report", str(tmp_path / "synth")]) == 2
 
 

@@ -247,7 +247,8 @@ def write_run_reports(
 
 
 def compare_runs_markdown(run_dirs: list[str | os.PathLike]) -> str:
-    """One Markdown table with the runs side by side: a row per (run, mode), NoC@85/NoC@90 and SPC per dataset."""
+    """One Markdown table with the runs side by side: a row per (run, mode), NoC@85/NoC@90, the samples never at
+    the target within the standard clicks (#>=20), the collapses and SPC per dataset."""
     summaries = []
     for run_dir in run_dirs:
         run_dir = Path(run_dir)
@@ -259,7 +260,8 @@ def compare_runs_markdown(run_dirs: list[str | os.PathLike]) -> str:
     datasets: list[str] = []
     for summary in summaries:
         datasets += [d for d in summary["datasets"] if d not in datasets]
-    header = ["Run", "Model", "Method"] + [f"{d} {c}" for d in datasets for c in ("NoC@85", "NoC@90", "SPC, s")]
+    columns = ("NoC@85", "NoC@90", "#>=20", "collapses", "SPC, s")
+    header = ["Run", "Model", "Method"] + [f"{d} {c}" for d in datasets for c in columns]
     rows = []
     for summary in summaries:
         entries = _by_key(summary)
@@ -268,9 +270,15 @@ def compare_runs_markdown(run_dirs: list[str | os.PathLike]) -> str:
             for dataset in datasets:
                 entry = entries.get((dataset, mode))
                 row += (
-                    [_number(entry["noc"].get("85")), _number(entry["noc"].get("90")), _number(entry["spc"], 3)]
+                    [
+                        _number(entry["noc"].get("85")),
+                        _number(entry["noc"].get("90")),
+                        _number(entry["over_max"].get("90")),
+                        _number(entry["collapses"]),
+                        _number(entry["spc"], 3),
+                    ]
                     if entry
-                    else ["-"] * 3
+                    else ["-"] * len(columns)
                 )
             rows.append(row)
     notes = [
