@@ -1,7 +1,9 @@
 """Issue 14, item 3: the SAM family beside the bundled DeepLab, side by side, from `fbrs evaluate` run folders.
 
     .venv/bin/python benchmarks/sam_comparison.py work/runs/sam_grabcut work/runs/sam_berkeley ... \
-        --out benchmarks/results/sam_comparison.md
+        work/runs/v1_grabcut=v1 ... --out benchmarks/results/sam_comparison.md
+
+(FOLDER=LABEL: that run's modes are named "LABEL mode", so that two models' runs of one mode stay apart.)
 
 For each dataset and mode found in the runs: instances, NoC@85, NoC@90, #>=20 (never at 0.90 within the
 clicks), mean IoU after clicks 1 / 3 / 5 / 10 / 20, seconds per click, the number of instances that lose more
@@ -57,20 +59,24 @@ def rows_for(dataset: str, by_mode: dict[str, list[dict]]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="fbrs evaluate run folders")
+    parser.add_argument(
+        "runs", nargs="+", help="fbrs evaluate run folders; FOLDER=LABEL puts LABEL before its modes' names"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sam_comparison.md"))
     args = parser.parse_args()
     merged: dict[str, dict[str, list[dict]]] = {}
     for run in args.runs:
+        folder, _, label = run.partition("=")
         try:
-            records_of_run = load_run_records(run)
+            records_of_run = load_run_records(Path(folder))
         except FbrsError as error:
             parser.error(str(error))
         for dataset, by_mode in records_of_run.items():
             for mode, records in by_mode.items():
-                merged.setdefault(dataset, {}).setdefault(mode, []).extend(records)
+                name = f"{label} {mode}" if label else mode
+                merged.setdefault(dataset, {}).setdefault(name, []).extend(records)
     header = [
-        "| dataset | mode | n | NoC@85 | NoC@90 | #>=20 | mIoU @1 / 3 / 5 / 10 / 20 | s / click | drops > 0.3 |"
+        "| dataset | mode | n | NoC@85 | NoC@90 | #>=20 | mIoU @1 / 3 / 5 / 10 / 20 | s / click | collapses |"
         " NoC@90 sooner / later than SAM |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
