@@ -168,7 +168,7 @@ def main() -> None:
         noc90 = np.mean([number_of_clicks(c, 0.90) for c in curves])
         failed = sum(max(c) < 0.90 for c in curves)
         print(f"{args.mode} {name}: objects {len(curves)} NoC@85 {noc85:.2f} NoC@90 {noc90:.2f} "
-              f"#>=20 {failed} drops>0.3 {sum(collapses(c) for c in curves)}")
+              f"#>=20 {failed} collapses {sum(collapses(c) for c in curves)}")
 
 
 if __name__ == "__main__":

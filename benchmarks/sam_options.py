@@ -121,7 +121,7 @@ def summary(curves: list[list[float]]) -> str:
     noc90 = np.mean([number_of_clicks(c, 0.90) for c in curves])
     failed = sum(max(c) < 0.90 for c in curves)
     return (f"objects {len(curves)} NoC@85 {noc85:.2f} NoC@90 {noc90:.2f} #>=20 {failed} "
-            f"drops>0.3 {sum(collapses(c) for c in curves)}")
+            f"collapses {sum(collapses(c) for c in curves)}")
 
 
 def main() -> None:

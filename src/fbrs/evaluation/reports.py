@@ -119,7 +119,7 @@ def render_summary_markdown(summary: dict[str, Any]) -> str:
             row += [
                 _number(entry["noc"].get("90")),
                 _number(entry["over_max"].get("90")),
-                _number(entry.get("collapses")),  # absent from summaries written before it was counted
+                _number(entry["collapses"]),
                 _number(entry["spc"], 3),
                 _number(entry["time_seconds"], 1),
             ]
@@ -198,7 +198,7 @@ def render_summary_csv(summary: dict[str, Any]) -> str:
             "spc": entry["spc"],
             "time_seconds": entry["time_seconds"],
             "total_clicks": entry["total_clicks"],
-            "collapses": entry.get("collapses"),
+            "collapses": entry["collapses"],
             "noc100@90": entry.get("noc100_90"),
             "over_100@90": entry.get("over_100_90"),
             "oracle_miou": entry.get("oracle_miou"),
