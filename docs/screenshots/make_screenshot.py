@@ -3,7 +3,8 @@
     .venv/bin/python docs/screenshots/make_screenshot.py [--out docs/screenshots/app.png]
 
 Needs Debian's chromium (`make test` installs it) and the playwright package (dev extra). One positive click
-on the cup's crema (finished as object 1) and one on the spoon (in progress), then the picture. The mode is the app's default (SAM, since issue 14; the bundled DeepLab model is the engine's f-BRS model).
+on the cup's crema (finished as object 1) and one on the spoon (in progress), then the picture. The mode
+is the app's default (SAM, since issue 14; the bundled DeepLab model is the engine's f-BRS model).
 """
 
 from __future__ import annotations
