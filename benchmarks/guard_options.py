@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from fbrs.evaluation.datasets import Sample
-from fbrs.evaluation.metrics import collapses, number_of_clicks
+from fbrs.evaluation.metrics import curve_metrics
 from fbrs.evaluation.protocol import evaluate_sample
 from fbrs.inference import create_predictor
 from fbrs.inference.brs.guard import GuardConfig
@@ -164,11 +164,9 @@ def main() -> None:
                 log.flush()
     for name in names:
         curves = [done[(sample.name, name)] for sample in samples if (sample.name, name) in done]
-        noc85 = np.mean([number_of_clicks(c, 0.85) for c in curves])
-        noc90 = np.mean([number_of_clicks(c, 0.90) for c in curves])
-        failed = sum(max(c) < 0.90 for c in curves)
-        print(f"{args.mode} {name}: objects {len(curves)} NoC@85 {noc85:.2f} NoC@90 {noc90:.2f} "
-              f"#>=20 {failed} collapses {sum(collapses(c) for c in curves)}")
+        m = curve_metrics(curves)
+        print(f"{args.mode} {name}: objects {len(curves)} NoC@85 {m['noc@85']:.2f} NoC@90 {m['noc@90']:.2f} "
+              f"#>=20 {m['over_max@90']:.0f} collapses {m['collapses']:.0f}")
 
 
 if __name__ == "__main__":

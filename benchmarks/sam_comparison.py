@@ -18,10 +18,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
 from fbrs.errors import FbrsError
-from fbrs.evaluation.metrics import collapses, mean_iou_per_click, number_of_clicks
+from fbrs.evaluation.metrics import curve_metrics, mean_iou_per_click, number_of_clicks
 from fbrs.evaluation.run_folder import load_run_records
 from fbrs.io_utils import write_text_atomic
 
@@ -35,9 +33,7 @@ def rows_for(dataset: str, by_mode: dict[str, list[dict]]) -> list[str]:
         curves = [record["ious"] for record in records]
         if not curves:
             continue
-        noc85 = np.mean([number_of_clicks(c, 0.85, MAX_CLICKS) for c in curves])
-        noc90 = np.mean([number_of_clicks(c, 0.90, MAX_CLICKS) for c in curves])
-        unsolved = sum(number_of_clicks(c, 0.90, MAX_CLICKS) >= MAX_CLICKS for c in curves)
+        counts = curve_metrics(curves, MAX_CLICKS)
         miou = mean_iou_per_click(curves, MAX_CLICKS)
         seconds = sum(sum(r["click_seconds"]) for r in records) / max(1, sum(len(r["click_seconds"]) for r in records))
         sooner = later = 0
@@ -51,8 +47,8 @@ def rows_for(dataset: str, by_mode: dict[str, list[dict]]) -> list[str]:
         versus = f"{sooner} / {later}" if baseline and mode != "SAM" else "-"
         curve = " / ".join(f"{miou[k - 1]:.3f}" for k in (1, 3, 5, 10, 20))
         lines.append(
-            f"| {dataset} | {mode} | {len(curves)} | {noc85:.2f} | {noc90:.2f} | {unsolved} | {curve} | "
-            f"{seconds:.3f} | {sum(collapses(c) for c in curves)} | {versus} |"
+            f"| {dataset} | {mode} | {len(curves)} | {counts['noc@85']:.2f} | {counts['noc@90']:.2f} | "
+            f"{counts['over_max@90']:.0f} | {curve} | {seconds:.3f} | {counts['collapses']:.0f} | {versus} |"
         )
     return lines
 

@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 
 from fbrs.evaluation.datasets import Sample
-from fbrs.evaluation.metrics import collapses, number_of_clicks
+from fbrs.evaluation.metrics import collapses, curve_metrics
 from fbrs.evaluation.protocol import evaluate_sample
 from fbrs.inference.sam_guard import FeedbackGuardConfig
 from fbrs.inference.sam_predictor import SamPredictor
@@ -117,11 +117,9 @@ ZOOMS = {
 
 
 def summary(curves: list[list[float]]) -> str:
-    noc85 = np.mean([number_of_clicks(c, 0.85) for c in curves])
-    noc90 = np.mean([number_of_clicks(c, 0.90) for c in curves])
-    failed = sum(max(c) < 0.90 for c in curves)
-    return (f"objects {len(curves)} NoC@85 {noc85:.2f} NoC@90 {noc90:.2f} #>=20 {failed} "
-            f"collapses {sum(collapses(c) for c in curves)}")
+    m = curve_metrics(curves)
+    return (f"objects {len(curves)} NoC@85 {m['noc@85']:.2f} NoC@90 {m['noc@90']:.2f} #>=20 {m['over_max@90']:.0f} "
+            f"collapses {m['collapses']:.0f}")
 
 
 def main() -> None:

@@ -85,3 +85,20 @@ def test_collapse_is_a_fall_from_the_best_so_far_not_from_the_previous_click():
     assert not collapses([])
     assert collapses([0.9, 0.7], drop=0.1) and not collapses([0.9, 0.7])
     assert not collapses([0.9] * 20 + [0.1], max_clicks=20)  # only the clicks the NoC counts
+
+
+def test_curve_metrics_count_as_the_run_summary_does():
+    """Benchmarks and training validation use curve_metrics; the run summary (summarize_records) must agree."""
+    from fbrs.evaluation.metrics import curve_metrics
+    from fbrs.evaluation.summary import summarize_records
+
+    rng = np.random.default_rng(0)
+    curves = [np.clip(np.cumsum(rng.uniform(-0.2, 0.25, size=20)) + 0.3, 0, 1).astype(np.float32).tolist()
+              for _ in range(30)]
+    curves.append([0.5] * 19 + [0.9])  # reaches 0.90 at the last click: NoC 20, counted as ">= 20"
+    records = [{"ious": c, "click_seconds": [0.0] * 20, "seconds": 0.0} for c in curves]
+    summary = summarize_records(records, max_clicks=20, target_iou=0.90)
+    metrics = curve_metrics(curves)
+    assert metrics["noc@85"] == summary["noc"]["85"] and metrics["noc@90"] == summary["noc"]["90"]
+    assert metrics["over_max@90"] == summary["over_max"]["90"] and metrics["collapses"] == summary["collapses"]
+    assert 0 < metrics["collapses"] < 31 and metrics["over_max@90"] >= 1

@@ -14,7 +14,7 @@ COMMAND_MODULES = (
     "fbrs.inference.cli",  # predict, convert, export-onnx, models, demo
     "fbrs.evaluation.cli",  # evaluate, report, bench
     "fbrs.studies.cli",  # study
-    "fbrs.training.cli",  # train, pack-data
+    "fbrs.training.cli",  # train, calibrate, train-sam, pack-data
     "fbrs.app.cli",  # app
     "fbrs.serve.cli",  # serve label-studio, serve cvat
 )

@@ -111,3 +111,16 @@ def collapses(ious: Sequence[float], drop: float = COLLAPSE_DROP, max_clicks: in
         if best - value > drop:
             return True
     return False
+
+
+def curve_metrics(all_ious: Sequence[Sequence[float]], max_clicks: int = DEFAULT_MAX_CLICKS) -> dict[str, float]:
+    """The comparison numbers of a set of IoU curves, counted as `fbrs.evaluation.summary` counts them:
+    {"noc@85", "noc@90", "over_max@90" (samples with NoC@90 = max_clicks), "collapses"}. For benchmarks and
+    training-time validation, so that every table counts the same way."""
+    (noc85, noc90), (_, over_max90) = compute_noc(all_ious, noc_thresholds(0.90)[1:], max_clicks)
+    return {
+        "noc@85": noc85,
+        "noc@90": noc90,
+        "over_max@90": float(over_max90),
+        "collapses": float(sum(collapses(curve, max_clicks=max_clicks) for curve in all_ious)),
+    }

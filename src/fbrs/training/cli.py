@@ -66,6 +66,33 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_sam(args: argparse.Namespace) -> int:
+    import torch
+
+    from fbrs.models.sam.checkpoint import DEFAULT_ENCODER_PATH
+    from fbrs.training.sam_decoder import fit_sam_decoder, load_sam_tune_config
+
+    config = load_sam_tune_config(args.config, args.set)
+    if args.action == "fit":
+        best = fit_sam_decoder(config, resume=args.resume, log=lambda line: print(line, flush=True))
+        print(f"best: step {best.get('step')}, held-out NoC@90 {best.get('noc@90', float('nan')):.2f}; "
+              f"{config.run.output_dir}/best.safetensors")
+        return 0
+    from fbrs.models.sam.image_encoder import OnnxImageEncoder
+    from fbrs.training.data import TrainingData
+    from fbrs.training.sam_embeddings import EmbeddingCache, file_sha256, fill_cache, images_to_encode
+
+    torch.set_num_threads(1)
+    encoder_path = config.run.encoder or DEFAULT_ENCODER_PATH
+    cache = EmbeddingCache(config.run.embeddings, file_sha256(encoder_path))
+    items = images_to_encode(TrainingData(config.data))
+    print(f"{len(items)} images; shard {args.shard} of {args.shards}; cache {cache.folder}", flush=True)
+    encoder = OnnxImageEncoder(encoder_path, threads=args.threads or 1)
+    done = fill_cache(cache, items, encoder, args.shard, args.shards, log=lambda line: print(line, flush=True))
+    print(f"encoded {done} images")
+    return 0
+
+
 def _pack_data(args: argparse.Namespace) -> int:
     from fbrs.training.pack import pack_training_data
 
@@ -117,6 +144,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     calibrate.add_argument("--threads", type=int, default=None)
     calibrate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     calibrate.set_defaults(handler=_calibrate)
+
+    sam = subparsers.add_parser(
+        "train-sam",
+        help="fine-tune a SAM-family decoder on the training sets with the robot's clicks",
+        description="`embed` stores the encoder's embedding of every training image (once; resumable; "
+        "--shard/--shards split it over processes), `fit` fine-tunes the decoder on them (docs/sam.md).",
+    )
+    sam.add_argument("action", choices=("embed", "fit"))
+    sam.add_argument("config", help="recipe (TOML), e.g. configs/sam_decoder_tune.toml")
+    sam.add_argument("--resume", action="store_true", help="fit: continue from OUTPUT_DIR/last.pt")
+    sam.add_argument("--shard", type=int, default=0, help="embed: this process's share (0-based)")
+    sam.add_argument("--shards", type=int, default=1, help="embed: number of processes sharing the work")
+    sam.add_argument("--threads", type=int, default=None, help="embed: encoder threads (1)")
+    sam.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    sam.set_defaults(handler=_train_sam)
 
     pack = subparsers.add_parser(
         "pack-data",

@@ -1,0 +1,187 @@
+"""Fine-tuning a SAM-family decoder (fbrs.training.sam_decoder, fbrs.training.sam_embeddings): the click
+simulation is the SAM mode's own loop, the loss trains, the cache refuses what does not belong, and
+`fbrs train-sam embed` / `fit` run end to end (tiny random model; the real one on a few real images)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fbrs.cli import main
+from fbrs.errors import ConfigError, DatasetError
+from fbrs.evaluation.datasets import Sample
+from fbrs.evaluation.protocol import evaluate_sample
+from fbrs.inference.sam_predictor import SamPredictor
+from fbrs.models.sam.checkpoint import load_sam_decoder, read_sam_metadata, save_sam_decoder
+from fbrs.models.sam.tiny import TINY_CONFIG, TinyImageEncoder, build_tiny_sam_model
+from fbrs.training.data import TrainingData
+from fbrs.training.sam_decoder import (
+    SamTuneSection,
+    TrainingObject,
+    decoder_loss,
+    fit_sam_decoder,
+    load_sam_tune_config,
+    simulate_clicks,
+)
+from fbrs.training.sam_embeddings import EmbeddingCache, fill_cache, images_to_encode
+from tests.conftest import copy_training_subset
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs" / "sam_decoder_tune.toml"
+CCP_IMAGES = ("0001", "0003", "0005", "0007", "0009", "0011", "0013", "0015")
+
+
+def _box_object(image: np.ndarray, encoder: TinyImageEncoder) -> TrainingObject:
+    gt = np.zeros(image.shape[:2], dtype=bool)
+    gt[20:50, 30:70] = True
+    return TrainingObject("box", encoder(image), gt, np.zeros_like(gt))
+
+
+def test_the_simulated_clicks_are_the_sam_modes_own_loop(box_image):
+    """What training feeds back must be what the `SAM` mode feeds back: the same robot clicks, the same
+    low-res logits as the mask input, for each object of a batch."""
+    model = build_tiny_sam_model(seed=1)
+    encoder = TinyImageEncoder(TINY_CONFIG, seed=1)
+    flipped = np.ascontiguousarray(box_image[::-1, ::-1])
+    items = [_box_object(box_image, encoder), _box_object(flipped, encoder)]
+    items[1].gt[:] = items[1].gt[::-1, ::-1]
+    robots, mask_input = simulate_clicks(model.decoder, items, 4, np.random.default_rng(0))
+    assert mask_input.shape == (2, 1, TINY_CONFIG.low_res_size, TINY_CONFIG.low_res_size)
+    for position, item in enumerate(items):
+        predictor = SamPredictor(model)
+        result = evaluate_sample(
+            predictor, Sample(box_image if position == 0 else flipped, item.gt, item.ignore, "box"),
+            max_clicks=3, stop_at_target=False,
+        )
+        assert [(c.y, c.x, c.is_positive) for c in result.clicks] == [
+            (c.y, c.x, c.is_positive) for c in robots[position].clicks[:3]
+        ]
+        assert torch.allclose(predictor._low_res, mask_input[position : position + 1], atol=1e-4)
+    assert len(robots[0].clicks) == 4  # the trained pass answers the 4th click
+
+
+def test_random_clicks_land_on_the_error_they_correct(box_image):
+    model = build_tiny_sam_model(seed=1)
+    item = _box_object(box_image, TinyImageEncoder(TINY_CONFIG, seed=1))
+    robots, _ = simulate_clicks(model.decoder, [item], 6, np.random.default_rng(3), random_click_probability=1.0)
+    clicks = robots[0].clicks
+    assert len(clicks) == 6 and len({(c.y, c.x) for c in clicks}) == 6
+    assert all(item.gt[c.y, c.x] == c.is_positive for c in clicks)  # a positive click inside, a negative outside
+
+
+@pytest.mark.parametrize("num_clicks", [1, 3])
+def test_the_loss_trains_the_decoder(box_image, num_clicks):
+    """A few Adam steps on one object lower the loss (first click: the multimask outputs; later: output 0)."""
+    model = build_tiny_sam_model(seed=2)
+    decoder = model.decoder
+    for parameter in decoder.parameters():
+        parameter.requires_grad_(True)
+    item = _box_object(box_image, TinyImageEncoder(TINY_CONFIG, seed=2))
+    robots, mask_input = simulate_clicks(decoder, [item], num_clicks, np.random.default_rng(0))
+    optimizer = torch.optim.Adam(decoder.parameters(), lr=3e-3)
+    tune = SamTuneSection()
+    losses = []
+    for _ in range(40):
+        loss, parts = decoder_loss(decoder, [item], robots, mask_input, tune)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(parts["loss"])
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_the_embedding_cache_round_trips_and_refuses_another_encoder(box_image, tmp_path):
+    embedding = TinyImageEncoder(TINY_CONFIG)(box_image)
+    cache = EmbeddingCache(tmp_path / "cache", "a" * 64)
+    assert "set/one" not in cache
+    cache.store("set/one", embedding)
+    loaded = cache.load("set/one")
+    assert "set/one" in cache and loaded.embedding.dtype == torch.float32
+    assert torch.allclose(loaded.embedding, embedding.embedding, atol=2e-3)  # stored as float16
+    assert (loaded.scale, loaded.image_size, loaded.resized_size) == (
+        embedding.scale, embedding.image_size, embedding.resized_size
+    )
+    with pytest.raises(DatasetError, match="made by encoder aaaa"):
+        EmbeddingCache(tmp_path / "cache", "b" * 64)
+    with pytest.raises(DatasetError, match="no stored embedding for 'set/two'"):
+        cache.load("set/two")
+    with pytest.raises(ValueError, match="bad embedding key"):
+        cache.path("../escape")
+
+
+def test_bad_recipes_are_refused_with_the_key_named():
+    with pytest.raises(ConfigError, match="tune.random_click_probability"):
+        load_sam_tune_config(CONFIG, ["tune.random_click_probability=1.5"])
+    with pytest.raises(ConfigError, match="unknown config key 'tune.learning_rate'"):
+        load_sam_tune_config(CONFIG, ["tune.learning_rate=1e-3"])
+
+
+@pytest.fixture(scope="module")
+def person_folder(data_dir: Path, tmp_path_factory) -> Path:
+    return copy_training_subset(data_dir, "ccp_person", CCP_IMAGES, tmp_path_factory.mktemp("sam_tune_data"))
+
+
+def _tiny_recipe(folder: Path, tmp_path: Path, *extra: str):
+    decoder_path = save_sam_decoder(build_tiny_sam_model(seed=0).decoder, tmp_path / "tiny_decoder.safetensors")
+    encoder_id = tmp_path / "tiny_encoder.id"  # the cache keys its folder by the encoder file's sha256
+    encoder_id.write_text("tiny encoder, seed 0\n")
+    return load_sam_tune_config(CONFIG, [
+        f'data.sources=[{{path="{folder}"}}]', "data.max_side=96", "data.min_object_area=50",
+        "data.validation_fraction=0.25", "tune.steps=3", "tune.batch_size=2", "tune.max_clicks=3",
+        "validation.every_steps=2", "validation.max_objects=2", "validation.min_object_area=50",
+        "validation.max_clicks=3", "run.checkpoint_every_steps=1", "run.log_every_steps=1",
+        f'run.output_dir="{tmp_path / "run"}"', f'run.embeddings="{tmp_path / "embeddings"}"',
+        f'run.init_decoder="{decoder_path}"', f'run.encoder="{encoder_id}"', *extra,
+    ])
+
+
+def test_fit_trains_validates_saves_and_resumes(person_folder, tmp_path):
+    from fbrs.training.sam_embeddings import file_sha256
+
+    config = _tiny_recipe(person_folder, tmp_path)
+    with pytest.raises(ConfigError, match="held-out images have no stored embedding"):
+        fit_sam_decoder(config, log=lambda line: None)
+    cache = EmbeddingCache(config.run.embeddings, file_sha256(config.run.encoder))
+    data = TrainingData(config.data)
+    assert data.validation_records, "the recipe must hold some images out"
+    assert fill_cache(cache, images_to_encode(data), TinyImageEncoder(TINY_CONFIG), log=lambda line: None) == 8
+
+    best = fit_sam_decoder(config, log=lambda line: None)
+    output = Path(config.run.output_dir)
+    records = [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["event"] == "validation"] == [0, 2, 3]
+    assert [r["step"] for r in records if r["event"] == "step"] == [1, 2, 3]
+    assert all(np.isfinite(r["loss"]) and r["images"] == data.num_train_images for r in records if r["event"] == "step")
+    assert best["step"] in (0, 2, 3) and 1 <= best["noc@90"] <= 3
+    start = load_sam_decoder(config.run.init_decoder).state_dict()
+    trained = load_sam_decoder(output / "step_3.safetensors").state_dict()
+    changed = [k for k in start if not torch.equal(start[k], trained[k])]
+    assert changed and not any(k.startswith("prompt_encoder.") for k in changed)  # train_prompt_encoder = false
+    metadata = read_sam_metadata(output / "best.safetensors")
+    assert metadata["parent_sha256"] == file_sha256(config.run.init_decoder) and "validation" in metadata
+
+    more = _tiny_recipe(person_folder, tmp_path, "tune.steps=4")
+    fit_sam_decoder(more, resume=True, log=lambda line: None)
+    records = [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["event"] == "step"] == [1, 2, 3, 4]
+
+
+def test_cli_embeds_and_fits_the_real_model_on_real_images(person_folder, tmp_path, capsys):
+    """`fbrs train-sam embed` with the bundled encoder, then `fit` from the bundled decoder, two steps."""
+    sets = [f'data.sources=[{{path="{person_folder}"}}]', "data.validation_fraction=0.25",
+            "tune.steps=2", "tune.batch_size=1", "tune.max_clicks=2", "validation.every_steps=2",
+            "validation.max_objects=1", "validation.max_clicks=2", f'run.output_dir="{tmp_path / "run"}"',
+            f'run.embeddings="{tmp_path / "embeddings"}"']
+    flags = [item for value in sets for item in ("--set", value)]
+    assert main(["train-sam", "embed", str(CONFIG), "--shard", "1", "--shards", "2", *flags]) == 0
+    assert "encoded 4 images" in capsys.readouterr().out
+    assert main(["train-sam", "embed", str(CONFIG), "--shard", "0", "--shards", "2", *flags]) == 0
+    assert len(list((tmp_path / "embeddings").rglob("*.pt"))) == 8
+    assert main(["train-sam", "fit", str(CONFIG), *flags]) == 0
+    out = capsys.readouterr().out
+    assert "best: step" in out and (tmp_path / "run" / "best.safetensors").is_file()
+    assert load_sam_decoder(tmp_path / "run" / "best.safetensors").config.embed_dim == 256
