@@ -154,6 +154,8 @@ def test_fit_trains_validates_saves_and_resumes(person_folder, tmp_path):
     output = Path(config.run.output_dir)
     records = [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["event"] == "validation"] == [0, 2, 3]
+    curves = json.loads((output / "validation_3.json").read_text())
+    assert len(curves) == len(data.validation_objects(0, 50)[:2]) and all(len(c) == 3 for c in curves.values())
     assert [r["step"] for r in records if r["event"] == "step"] == [1, 2, 3]
     assert all(np.isfinite(r["loss"]) and r["images"] == data.num_train_images for r in records if r["event"] == "step")
     assert best["step"] in (0, 2, 3) and 1 <= best["noc@90"] <= 3
@@ -185,3 +187,25 @@ def test_cli_embeds_and_fits_the_real_model_on_real_images(person_folder, tmp_pa
     out = capsys.readouterr().out
     assert "best: step" in out and (tmp_path / "run" / "best.safetensors").is_file()
     assert load_sam_decoder(tmp_path / "run" / "best.safetensors").config.embed_dim == 256
+
+
+def test_iou_head_only_leaves_every_mask_as_it_was(person_folder, tmp_path):
+    """tune.iou_head_only: only the IoU head moves, so every mask output is the parent's, bit for bit."""
+    from fbrs.training.sam_embeddings import file_sha256
+
+    config = _tiny_recipe(person_folder, tmp_path, "tune.iou_head_only=true", "tune.max_clicks=1", "tune.lr=1e-2",
+                          "tune.steps=2")
+    cache = EmbeddingCache(config.run.embeddings, file_sha256(config.run.encoder))
+    fill_cache(cache, images_to_encode(TrainingData(config.data)), TinyImageEncoder(TINY_CONFIG), log=lambda line: None)
+    fit_sam_decoder(config, log=lambda line: None)
+    start = load_sam_decoder(config.run.init_decoder)
+    trained = load_sam_decoder(Path(config.run.output_dir) / "step_2.safetensors")
+    changed = [k for k, v in start.state_dict().items() if not torch.equal(v, trained.state_dict()[k])]
+    assert changed and all(k.startswith("iou_head.") for k in changed)
+    embedding = torch.randn(1, TINY_CONFIG.embed_dim, TINY_CONFIG.embedding_size, TINY_CONFIG.embedding_size)
+    coords, labels = torch.tensor([[[40.0, 30.0], [0.0, 0.0]]]), torch.tensor([[1.0, -1.0]])
+    with torch.no_grad():
+        (masks_before, iou_before), (masks_after, iou_after) = (
+            start(embedding, coords, labels), trained(embedding, coords, labels)
+        )
+    assert torch.equal(masks_before, masks_after) and not torch.equal(iou_before, iou_after)

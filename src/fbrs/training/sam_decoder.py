@@ -62,6 +62,9 @@ class SamTuneSection:
     dice_weight: float = 1.0
     iou_weight: float = 1.0
     train_prompt_encoder: bool = False  # the point and mask embeddings; off: only the transformer and heads
+    # Train only the IoU head (which picks the first click's answer among the multimask outputs; from the
+    # second click on the SAM mode never reads it): every mask stays exactly the bundled decoder's.
+    iou_head_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -281,7 +284,11 @@ class SamDecoderTrainer:
         self.bands = [source.background_band for source in data.config.sources]
         self.refresh_images()
         for name, parameter in decoder.named_parameters():
-            parameter.requires_grad_(config.tune.train_prompt_encoder or not name.startswith("prompt_encoder."))
+            if config.tune.iou_head_only:
+                trainable = name.startswith("iou_head.")
+            else:
+                trainable = config.tune.train_prompt_encoder or not name.startswith("prompt_encoder.")
+            parameter.requires_grad_(trainable)
         parameters = [p for p in decoder.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(parameters, lr=config.tune.lr, weight_decay=config.tune.weight_decay)
         self.step_index = 0
@@ -417,8 +424,9 @@ a collapse after reaching 0.90 counts too).
 # -- the run ----------------------------------------------------------------------------------------
 def fit_sam_decoder(config: SamTuneConfig, resume: bool = False, log: Any = print) -> dict[str, float]:
     """Fine-tune the decoder named by `config.run.init_decoder` (default: the bundled one) and write, in
-    `run.output_dir`: last.pt (resume state), step_<N>.safetensors at each validation, best.safetensors (the
-    best NoC@90 on the held-out objects, ties broken by NoC@85) and log.jsonl. Returns the best metrics."""
+    `run.output_dir`: last.pt (resume state), step_<N>.safetensors and validation_<N>.json (every held-out
+    object's IoU curve) at each validation, best.safetensors (the best NoC@90 on the held-out objects, ties
+    broken by NoC@85) and log.jsonl. Returns the best metrics."""
     from fbrs.models.sam.checkpoint import (
         DEFAULT_DECODER_PATH,
         DEFAULT_ENCODER_PATH,
@@ -464,7 +472,9 @@ def fit_sam_decoder(config: SamTuneConfig, resume: bool = False, log: Any = prin
     def validate_and_save() -> None:
         nonlocal best
         started = time.perf_counter()
-        metrics, _ = validate_sam_decoder(decoder, objects, cache, config.validation.max_clicks)
+        metrics, curves = validate_sam_decoder(decoder, objects, cache, config.validation.max_clicks)
+        by_object = {item.name: [round(float(v), 4) for v in c] for item, c in zip(objects, curves, strict=True)}
+        write_text_atomic(output / f"validation_{trainer.step_index}.json", json.dumps(by_object) + "\n")
         record = {"event": "validation", "step": trainer.step_index, "objects": len(objects),
                   "seconds": elapsed_since(started), **metrics}
         append_log(log_path, record)
