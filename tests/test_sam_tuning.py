@@ -140,7 +140,7 @@ def _tiny_recipe(folder: Path, tmp_path: Path, *extra: str):
 
 
 def test_fit_trains_validates_saves_and_resumes(person_folder, tmp_path):
-    from fbrs.training.sam_embeddings import file_sha256
+    from fbrs.io_utils import file_sha256
 
     config = _tiny_recipe(person_folder, tmp_path)
     with pytest.raises(ConfigError, match="held-out images have no stored embedding"):
@@ -191,7 +191,7 @@ def test_cli_embeds_and_fits_the_real_model_on_real_images(person_folder, tmp_pa
 
 def test_iou_head_only_leaves_every_mask_as_it_was(person_folder, tmp_path):
     """tune.iou_head_only: only the IoU head moves, so every mask output is the parent's, bit for bit."""
-    from fbrs.training.sam_embeddings import file_sha256
+    from fbrs.io_utils import file_sha256
 
     config = _tiny_recipe(person_folder, tmp_path, "tune.iou_head_only=true", "tune.max_clicks=1", "tune.lr=1e-2",
                           "tune.steps=2")

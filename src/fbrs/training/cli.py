@@ -78,9 +78,10 @@ def _train_sam(args: argparse.Namespace) -> int:
         print(f"best: step {best.get('step')}, held-out NoC@90 {best.get('noc@90', float('nan')):.2f}; "
               f"{config.run.output_dir}/best.safetensors")
         return 0
+    from fbrs.io_utils import file_sha256
     from fbrs.models.sam.image_encoder import OnnxImageEncoder
     from fbrs.training.data import TrainingData
-    from fbrs.training.sam_embeddings import EmbeddingCache, file_sha256, fill_cache, images_to_encode
+    from fbrs.training.sam_embeddings import EmbeddingCache, fill_cache, images_to_encode
 
     torch.set_num_threads(1)
     encoder_path = config.run.encoder or DEFAULT_ENCODER_PATH

@@ -292,8 +292,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return result
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a training recipe from TOML, apply `section.key=value` overrides, validate, return it."""
+def read_recipe(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """A TOML recipe as a plain dict with `section.key=value` overrides applied (ConfigError if unreadable)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -301,7 +301,17 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"cannot parse config {path}: {error}") from None
-    config = TrainConfig.from_dict(apply_overrides(raw, overrides or []))
+    return apply_overrides(raw, overrides or [])
+
+
+def build_config(cls: type, data: dict[str, Any]) -> Any:
+    """A typed, frozen config dataclass from a recipe dict (unknown keys and wrong types are ConfigErrors)."""
+    return _build(cls, data, "")
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a training recipe from TOML, apply `section.key=value` overrides, validate, return it."""
+    config = TrainConfig.from_dict(read_recipe(path, overrides))
     validate_config(config)
     return config
 

@@ -44,7 +44,7 @@ from fbrs.models.sam.decoder import SamDecoder, onnx_mask_choice
 from fbrs.models.sam.frame import upscale_logits
 from fbrs.models.sam.image_encoder import ImageEmbedding
 from fbrs.models.sam.prompt_encoder import LABEL_NEGATIVE, LABEL_PADDING, LABEL_POSITIVE
-from fbrs.training.config import DataConfig, _build, apply_overrides, tomllib
+from fbrs.training.config import DataConfig, build_config, read_recipe
 from fbrs.training.data import TrainingData, far_unlabelled_background
 
 
@@ -101,14 +101,7 @@ class SamTuneConfig:
 
 def load_sam_tune_config(path: str | Path, overrides: list[str] | None = None) -> SamTuneConfig:
     """Read a decoder fine-tuning recipe (TOML; sections data, tune, validation, run), apply overrides."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise ConfigError(f"cannot parse config {path}: {error}") from None
-    config = _build(SamTuneConfig, apply_overrides(raw, overrides or []), "")
+    config = build_config(SamTuneConfig, read_recipe(path, overrides))
     tune = config.tune
     if not config.data.sources:
         raise ConfigError("config needs at least one [[data.sources]] entry")
@@ -427,13 +420,14 @@ def fit_sam_decoder(config: SamTuneConfig, resume: bool = False, log: Any = prin
     `run.output_dir`: last.pt (resume state), step_<N>.safetensors and validation_<N>.json (every held-out
     object's IoU curve) at each validation, best.safetensors (the best NoC@90 on the held-out objects, ties
     broken by NoC@85) and log.jsonl. Returns the best metrics."""
+    from fbrs.io_utils import file_sha256
     from fbrs.models.sam.checkpoint import (
         DEFAULT_DECODER_PATH,
         DEFAULT_ENCODER_PATH,
         load_sam_decoder,
         save_sam_decoder,
     )
-    from fbrs.training.sam_embeddings import EmbeddingCache, file_sha256
+    from fbrs.training.sam_embeddings import EmbeddingCache
 
     run = config.run
     if run.threads:

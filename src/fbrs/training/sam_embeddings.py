@@ -10,7 +10,6 @@ files in `encoder.txt`; a cache made with another encoder is refused rather than
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import os
 import time
@@ -26,14 +25,6 @@ from fbrs.io_utils import atomic_path, write_text_atomic
 from fbrs.models.sam.image_encoder import ImageEmbedding
 
 ENCODER_TAG = "encoder.txt"
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class EmbeddingCache:
