@@ -13,8 +13,8 @@ This fits the decoder to both, on our training images, starting from the bundled
 * SAM's losses: focal (x 20) + dice on the logits brought back to the image as the predictor does
   (`fbrs.models.sam.frame.upscale_logits`), on the single-mask output, or on the best of the multimask outputs
   for a first click (the output the `SAM` mode picks then); MSE of the IoU head against the real IoU;
-* validation on held-out TRAINING objects with the real `SamPredictor` (the `SAM` mode, 20 clicks, stop
-  at 0.90): NoC@85, NoC@90, #>=20 and collapses (the evaluation's own metrics).
+* validation on held-out TRAINING objects with the real `SamPredictor` (the `SAM` mode, all 20 clicks, so
+  that a collapse after 0.90 counts): NoC@85, NoC@90, #>=20 and collapses (`metrics.curve_metrics`).
 
 `fbrs train-sam embed CONFIG` fills the embedding cache, `fbrs train-sam fit CONFIG` trains (resumable);
 docs/sam.md "Fine-tuning the decoder".
