@@ -53,8 +53,8 @@ class ClickRobot:
             raise ValueError(f"prediction shape {pred_mask.shape} differs from the ground truth {self.gt_mask.shape}")
         false_negative = self.gt_mask & ~pred_mask & self.valid
         false_positive = ~self.gt_mask & pred_mask & self.valid
-        fn_distance = _interior_distance(false_negative) * self.not_clicked
-        fp_distance = _interior_distance(false_positive) * self.not_clicked
+        fn_distance = interior_distance(false_negative) * self.not_clicked
+        fp_distance = interior_distance(false_positive) * self.not_clicked
         fn_max, fp_max = fn_distance.max(), fp_distance.max()
         positive = bool(fn_max > fp_max)
         distance, peak = (fn_distance, fn_max) if positive else (fp_distance, fp_max)
@@ -73,7 +73,7 @@ class ClickRobot:
         return click
 
 
-def _interior_distance(region: np.ndarray) -> np.ndarray:
+def interior_distance(region: np.ndarray) -> np.ndarray:
     """Euclidean distance of each region pixel to the nearest non-region pixel, the image border counting
     as non-region (one pixel of zero padding). (H, W) float64, 0 outside the region."""
     padded = np.pad(region, 1, mode="constant")

@@ -33,11 +33,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.ndimage import distance_transform_edt
 
 from fbrs.errors import ConfigError
 from fbrs.evaluation.metrics import PREDICTION_THRESHOLD
-from fbrs.evaluation.robot import ClickRobot
+from fbrs.evaluation.robot import ClickRobot, interior_distance
 from fbrs.inference.clicks import Click
 from fbrs.io_utils import atomic_path, write_text_atomic
 from fbrs.models.sam.decoder import SamDecoder, onnx_mask_choice
@@ -137,13 +136,6 @@ def prompt_points(clicks_per_object: list[list[Click]], scales: list[float]) -> 
     return torch.tensor(coords, dtype=torch.float32), torch.tensor(labels, dtype=torch.float32)
 
 
-def chosen_index(iou_predictions: torch.Tensor, num_points: int, multimask_first_click: bool = True) -> torch.Tensor:
-    """(B, M) -> (B,) the output the SAM mode returns (SAM's ONNX rule; 0 without the multimask choice)."""
-    if not multimask_first_click:
-        return torch.zeros(iou_predictions.shape[0], dtype=torch.long)
-    return onnx_mask_choice(iou_predictions, num_points)
-
-
 # -- click simulation -------------------------------------------------------------------------------
 def random_error_click(robot: ClickRobot, prediction: np.ndarray, rng: np.random.Generator) -> Click:
     """A click on the error the robot would correct (false negatives if their deepest point is deeper,
@@ -151,8 +143,7 @@ def random_error_click(robot: ClickRobot, prediction: np.ndarray, rng: np.random
     valid = robot.valid & robot.not_clicked
     false_negative = robot.gt_mask & ~prediction & valid
     false_positive = ~robot.gt_mask & prediction & valid
-    fn_depth = distance_transform_edt(np.pad(false_negative, 1))[1:-1, 1:-1]
-    fp_depth = distance_transform_edt(np.pad(false_positive, 1))[1:-1, 1:-1]
+    fn_depth, fp_depth = interior_distance(false_negative), interior_distance(false_positive)
     positive = bool(fn_depth.max() > fp_depth.max())
     depth = fn_depth if positive else fp_depth
     if depth.max() <= 0:
@@ -197,7 +188,7 @@ def simulate_clicks(
             break
         coords, labels = prompt_points([robot.clicks for robot in robots], scales)
         low_res, iou_predictions = decoder(embeddings, coords, labels, mask_input)
-        index = chosen_index(iou_predictions, coords.shape[1])
+        index = onnx_mask_choice(iou_predictions, coords.shape[1])  # the multimask choice on a first click
         mask_input = low_res[torch.arange(len(items)), index][:, None]
         for position, item in enumerate(items):
             logits = logits_on_image(decoder, mask_input[position : position + 1], item)
