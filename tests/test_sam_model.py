@@ -11,7 +11,14 @@ import torch
 
 from fbrs.errors import CheckpointError
 from fbrs.models.sam import SAM_INSERTIONS, onnx_mask_choice
-from fbrs.models.sam.checkpoint import DEFAULT_DECODER_PATH, DEFAULT_ENCODER_PATH, load_sam_decoder, save_sam_decoder
+from fbrs.models.sam.checkpoint import (
+    DEFAULT_DECODER_PATH,
+    DEFAULT_ENCODER_PATH,
+    DEFAULT_IOU_HEAD_PATH,
+    load_sam_decoder,
+    save_iou_head,
+    save_sam_decoder,
+)
 from fbrs.models.sam.frame import from_low_res, to_low_res, upscale_logits
 from fbrs.models.sam.tiny import build_tiny_sam_model
 
@@ -78,6 +85,38 @@ def test_checkpoint_round_trip_and_refusals(tmp_path):
     save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(CheckpointError, match="not an fbrs SAM decoder"):
         load_sam_decoder(tmp_path / "other.safetensors")
+
+
+def test_an_iou_head_file_is_laid_over_the_decoder_it_was_made_for(tmp_path, monkeypatch):
+    """load_sam_model lays an IoU-head file over its decoder: every mask stays the converted decoder's, the IoU
+    predictions (the first click's choice) are the head's. By default the bundled head goes only over the
+    bundled decoder; a decoder of one's own keeps its own head."""
+    from fbrs.io_utils import file_sha256
+    from fbrs.models.sam.model import default_iou_head_path, load_sam_model
+
+    retrained = load_sam_decoder(DEFAULT_DECODER_PATH)
+    with torch.no_grad():
+        for parameter in retrained.iou_head.parameters():
+            parameter.mul_(0.5)
+    head = save_iou_head(retrained, tmp_path / "head.safetensors", file_sha256(DEFAULT_DECODER_PATH))
+    overlaid = load_sam_model(iou_head=head, threads=1).decoder
+    own = load_sam_model(iou_head=False, threads=1).decoder
+    converted = load_sam_decoder(DEFAULT_DECODER_PATH)
+    assert all(torch.equal(value, converted.state_dict()[key]) for key, value in own.state_dict().items())
+    embedding = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(0))
+    coords, labels = torch.tensor([[[400.0, 300.0], [0.0, 0.0]]]), torch.tensor([[1.0, -1.0]])
+    with torch.no_grad():
+        (masks, iou), (own_masks, own_iou) = overlaid(embedding, coords, labels), own(embedding, coords, labels)
+    assert torch.equal(masks, own_masks) and not torch.allclose(iou, own_iou)
+
+    monkeypatch.delenv("FBRS_SAM_IOU_HEAD", raising=False)
+    bundled_head = DEFAULT_IOU_HEAD_PATH if DEFAULT_IOU_HEAD_PATH.is_file() else None
+    assert default_iou_head_path(DEFAULT_DECODER_PATH) == bundled_head
+    assert default_iou_head_path(save_sam_decoder(retrained, tmp_path / "mine.safetensors")) is None
+    monkeypatch.setenv("FBRS_SAM_IOU_HEAD", "none")
+    assert default_iou_head_path(DEFAULT_DECODER_PATH) is None
+    monkeypatch.setenv("FBRS_SAM_IOU_HEAD", str(head))
+    assert default_iou_head_path(tmp_path / "mine.safetensors") == head
 
 
 @pytest.mark.parametrize("insertion", SAM_INSERTIONS)

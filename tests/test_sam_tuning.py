@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from fbrs.cli import main
-from fbrs.errors import ConfigError, DatasetError
+from fbrs.errors import CheckpointError, ConfigError, DatasetError
 from fbrs.evaluation.datasets import Sample
 from fbrs.evaluation.protocol import evaluate_sample
 from fbrs.inference.sam_predictor import SamPredictor
-from fbrs.models.sam.checkpoint import load_sam_decoder, read_sam_metadata, save_sam_decoder
+from fbrs.models.sam.checkpoint import load_iou_head, load_sam_decoder, read_sam_metadata, save_sam_decoder
 from fbrs.models.sam.tiny import TINY_CONFIG, TinyImageEncoder, build_tiny_sam_model
 from fbrs.training.data import TrainingData
 from fbrs.training.sam_decoder import (
@@ -209,3 +209,15 @@ def test_iou_head_only_leaves_every_mask_as_it_was(person_folder, tmp_path):
             start(embedding, coords, labels), trained(embedding, coords, labels)
         )
     assert torch.equal(masks_before, masks_after) and not torch.equal(iou_before, iou_after)
+    # What ships is the best step's head alone, for the parent decoder file: laid over the parent it gives the
+    # best step's decoder, every output; over another decoder file it is refused.
+    output = Path(config.run.output_dir)
+    head = output / "best_iou_head.safetensors"
+    best = load_sam_decoder(output / "best.safetensors")
+    overlaid = load_iou_head(load_sam_decoder(config.run.init_decoder), head, file_sha256(config.run.init_decoder))
+    assert all(torch.equal(v, best.state_dict()[k]) for k, v in overlaid.state_dict().items())
+    assert read_sam_metadata(head)["step"] == read_sam_metadata(output / "best.safetensors")["step"]
+    with pytest.raises(CheckpointError, match="IoU head of another decoder"):
+        load_iou_head(start, head, file_sha256(output / "step_2.safetensors"))
+    with pytest.raises(CheckpointError, match="holds only an IoU head"):
+        load_sam_decoder(head)

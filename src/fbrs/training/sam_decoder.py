@@ -410,12 +410,14 @@ def fit_sam_decoder(config: SamTuneConfig, resume: bool = False, log: Any = prin
     """Fine-tune the decoder named by `config.run.init_decoder` (default: the bundled one) and write, in
     `run.output_dir`: last.pt (resume state), step_<N>.safetensors and validation_<N>.json (every held-out
     object's IoU curve) at each validation, best.safetensors (the best NoC@90 on the held-out objects, ties
-    broken by NoC@85) and log.jsonl. Returns the best metrics."""
+    broken by NoC@85; with `tune.iou_head_only` also best_iou_head.safetensors, its IoU head alone for the
+    parent decoder file, `checkpoint.save_iou_head`) and log.jsonl. Returns the best metrics."""
     from fbrs.io_utils import file_sha256
     from fbrs.models.sam.checkpoint import (
         DEFAULT_DECODER_PATH,
         DEFAULT_ENCODER_PATH,
         load_sam_decoder,
+        save_iou_head,
         save_sam_decoder,
     )
     from fbrs.training.sam_embeddings import EmbeddingCache
@@ -470,6 +472,8 @@ def fit_sam_decoder(config: SamTuneConfig, resume: bool = False, log: Any = prin
         if best is None or (metrics["noc@90"], metrics["noc@85"]) < (best["noc@90"], best["noc@85"]):
             best = {**metrics, "step": trainer.step_index}
             save_sam_decoder(decoder, output / "best.safetensors", metadata)
+            if config.tune.iou_head_only:  # what ships: the head alone, laid over its parent decoder
+                save_iou_head(decoder, output / "best_iou_head.safetensors", provenance["parent_sha256"], metadata)
 
     if trainer.step_index == 0 and best is None:
         validate_and_save()

