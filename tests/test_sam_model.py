@@ -119,6 +119,21 @@ def test_an_iou_head_file_is_laid_over_the_decoder_it_was_made_for(tmp_path, mon
     assert default_iou_head_path(tmp_path / "mine.safetensors") == head
 
 
+def test_the_bundled_iou_head_is_ours_for_the_bundled_decoder(monkeypatch):
+    """The default model carries the shipped IoU head (made by `fbrs train-sam` with only the head trained, for
+    the bundled decoder file): its masks are the converted decoder's, its IoU predictions are not."""
+    from fbrs.models.sam.checkpoint import read_sam_metadata
+    from fbrs.models.sam.model import load_sam_model
+
+    monkeypatch.delenv("FBRS_SAM_IOU_HEAD", raising=False)
+    metadata = read_sam_metadata(DEFAULT_IOU_HEAD_PATH)
+    assert metadata["recipe"]["tune"]["iou_head_only"] is True
+    default = load_sam_model(threads=1).decoder  # load_iou_head refuses a head made for another decoder file
+    converted = load_sam_decoder(DEFAULT_DECODER_PATH)
+    changed = [k for k, v in converted.state_dict().items() if not torch.equal(v, default.state_dict()[k])]
+    assert changed and all(key.startswith("iou_head.") for key in changed)
+
+
 @pytest.mark.parametrize("insertion", SAM_INSERTIONS)
 def test_insertion_points_split_the_same_pass(insertion):
     model = build_tiny_sam_model()

@@ -452,8 +452,9 @@ def fit_sam_decoder(config: SamTuneConfig, resume: bool = False, log: Any = prin
     else:
         write_text_atomic(output / "config.json", json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
     provenance = {
-        "parent": str(init_path), "parent_sha256": file_sha256(init_path), "recipe": config.to_dict(),
-        "encoder_sha256": cache.encoder_id,
+        # Not the absolute path of the bundled file (it names the machine it ran on): that is the sha256's job.
+        "parent": str(run.init_decoder or f"bundled {DEFAULT_DECODER_PATH.name}"),
+        "parent_sha256": file_sha256(init_path), "recipe": config.to_dict(), "encoder_sha256": cache.encoder_id,
     }
 
     def validate_and_save() -> None:
