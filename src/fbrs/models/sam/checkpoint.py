@@ -44,22 +44,7 @@ def save_sam_decoder(
     dtype: torch.dtype = torch.float32,
 ) -> Path:
     """Write `decoder` (weights in `dtype`) with its config and `metadata` to `path`, atomically."""
-    from safetensors.torch import save_file
-
-    tensors = {
-        key: (value.detach().cpu().to(dtype) if value.is_floating_point() else value.detach().cpu()).contiguous()
-        for key, value in decoder.state_dict().items()
-    }
-    header = {
-        "fbrs_format": FORMAT_VERSION,
-        "fbrs_family": FAMILY,
-        "fbrs_sam_config": decoder.config.to_json(),
-        "fbrs_metadata": json.dumps(metadata or {}, sort_keys=True),
-    }
-    path = Path(path)
-    with atomic_path(path) as temporary:
-        save_file(tensors, str(temporary), metadata=header)
-    return path
+    return _save(decoder, path, metadata, dtype)
 
 
 def save_iou_head(
@@ -67,18 +52,30 @@ def save_iou_head(
 ) -> Path:
     """Write only `decoder`'s IoU head (float32), for the decoder file whose sha256 is `base_sha256`, with its
     config and `metadata`, atomically."""
+    part = {"fbrs_part": IOU_HEAD_PART, "fbrs_base_sha256": base_sha256}
+    return _save(decoder, path, metadata, torch.float32, _IOU_HEAD_PREFIX, part)
+
+
+def _save(
+    decoder: SamDecoder,
+    path: str | os.PathLike,
+    metadata: dict[str, Any] | None,
+    dtype: torch.dtype,
+    prefix: str = "",
+    part: dict[str, str] | None = None,
+) -> Path:
+    """The tensors of `decoder` whose names start with `prefix`, in `dtype`, with the family's header."""
     from safetensors.torch import save_file
 
     tensors = {
-        key: value.detach().cpu().float().contiguous()
+        key: (value.detach().cpu().to(dtype) if value.is_floating_point() else value.detach().cpu()).contiguous()
         for key, value in decoder.state_dict().items()
-        if key.startswith(_IOU_HEAD_PREFIX)
+        if key.startswith(prefix)
     }
     header = {
         "fbrs_format": FORMAT_VERSION,
         "fbrs_family": FAMILY,
-        "fbrs_part": IOU_HEAD_PART,
-        "fbrs_base_sha256": base_sha256,
+        **(part or {}),
         "fbrs_sam_config": decoder.config.to_json(),
         "fbrs_metadata": json.dumps(metadata or {}, sort_keys=True),
     }
