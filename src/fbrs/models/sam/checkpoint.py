@@ -91,9 +91,6 @@ def load_iou_head(decoder: SamDecoder, path: str | os.PathLike, base_sha256: str
 
     CheckpointError for a missing or corrupt file, a file that is not an IoU head, one made for another decoder
     file, or tensors that do not fit the decoder."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     path = Path(path)
     header = _header(path)
     if header.get("fbrs_part") != IOU_HEAD_PART:
@@ -104,13 +101,8 @@ def load_iou_head(decoder: SamDecoder, path: str | os.PathLike, base_sha256: str
             f"{path} is the IoU head of another decoder (sha256 {made_for[:12]}...), not of this one "
             f"({base_sha256[:12]}...)"
         )
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise CheckpointError(f"cannot read {path} (truncated or corrupt?): {error}") from None
     expected = {k: v for k, v in decoder.state_dict().items() if k.startswith(_IOU_HEAD_PREFIX)}
-    if set(tensors) != set(expected) or any(tuple(tensors[k].shape) != tuple(v.shape) for k, v in expected.items()):
-        raise CheckpointError(f"{path} does not fit this decoder's IoU head ({sorted(tensors)[:3]} ...)")
+    tensors = _read_fitting(path, expected, "this decoder's IoU head")
     device = next(decoder.parameters()).device
     with torch.no_grad():
         for key, value in expected.items():
@@ -127,9 +119,6 @@ def load_sam_decoder(path: str | os.PathLike = DEFAULT_DECODER_PATH, device: str
     """Load a SAM decoder file -> SamDecoder in eval mode, requires_grad False, float32, on `device`.
 
     CheckpointError for a missing file, a file of another family, or tensors that do not fit the config."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     path = Path(path)
     header = _header(path)
     if header.get("fbrs_part") == IOU_HEAD_PART:
@@ -138,25 +127,33 @@ def load_sam_decoder(path: str | os.PathLike = DEFAULT_DECODER_PATH, device: str
         config = SamDecoderConfig.from_dict(json.loads(header["fbrs_sam_config"]))
     except (KeyError, ValueError, TypeError) as error:
         raise CheckpointError(f"{path} has no valid SAM decoder config: {error}") from None
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise CheckpointError(f"cannot read {path} (truncated or corrupt?): {error}") from None
     decoder = SamDecoder(config)
-    expected = decoder.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    wrong = [k for k in expected if k in tensors and tuple(tensors[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or wrong:
-        raise CheckpointError(
-            f"{path} does not fit its SAM decoder config: missing {missing[:3]}, unexpected {unexpected[:3]}, "
-            f"wrong shapes {wrong[:3]}"
-        )
+    tensors = _read_fitting(path, decoder.state_dict(), "its SAM decoder config")
     decoder.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
     decoder.eval()
     for parameter in decoder.parameters():
         parameter.requires_grad_(False)
     return decoder.to(device)
+
+
+def _read_fitting(path: Path, expected: dict[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
+    """The tensors of the safetensors file `path`, which must be exactly `expected`'s names and shapes
+    (CheckpointError naming the misfits, or a truncated / corrupt file, otherwise)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"cannot read {path} (truncated or corrupt?): {error}") from None
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = [k for k in expected if k in tensors and tuple(tensors[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"{path} does not fit {what}: missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shapes {wrong[:3]}"
+        )
+    return tensors
 
 
 def _header(path: Path) -> dict[str, str]:
