@@ -20,6 +20,12 @@ objects and on the collapsing ones.
 
 chooses Zoom-In's settings (fbrs.inference.sam_zoom.SamZoomConfig) on the plain loop the same way (resumable
 through --out; also prints the seconds per click and the encoder runs per object).
+
+    python benchmarks/sam_options.py --merges off,m2,m3,m3-mono --per-set 8 --out work/sam_merge.jsonl
+    python benchmarks/sam_options.py --merges off,m3 --insertion image_tokens --guard --out work/sam_merge.jsonl
+
+chooses the progressive merge (fbrs.inference.merge.MergeConfig) the same way, on the plain loop or an
+f-BRS mode.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from PIL import Image
 from fbrs.evaluation.datasets import Sample
 from fbrs.evaluation.metrics import collapses, curve_metrics
 from fbrs.evaluation.protocol import evaluate_sample
+from fbrs.inference.merge import MergeConfig
 from fbrs.inference.sam_guard import FeedbackGuardConfig
 from fbrs.inference.sam_predictor import SamPredictor
 from fbrs.inference.sam_zoom import SamZoomConfig
@@ -116,6 +123,18 @@ ZOOMS = {
 }
 
 
+#: Progressive-merge candidates (`--merges`): fbrs.inference.merge.MergeConfig or False (off).
+MERGES = {
+    "off": False,
+    "m2": MergeConfig(start_click=2),
+    "m3": MergeConfig(start_click=3),
+    "m5": MergeConfig(start_click=5),
+    "m2-mono": MergeConfig(start_click=2, monotone=True),
+    "m3-mono": MergeConfig(start_click=3, monotone=True),
+    "m3-r4": MergeConfig(start_click=3, reach=4.0),
+}
+
+
 def summary(curves: list[list[float]]) -> str:
     m = curve_metrics(curves)
     return (f"objects {len(curves)} NoC@85 {m['noc@85']:.2f} NoC@90 {m['noc@90']:.2f} #>=20 {m['over_max@90']:.0f} "
@@ -130,7 +149,10 @@ def main() -> None:
     parser.add_argument("--modes", default="plain", help="plain: the 4 option combinations; or SAM insertions")
     parser.add_argument("--guards", default=None, help=f"feedback-guard candidates instead: {','.join(GUARDS)}")
     parser.add_argument("--zooms", default=None, help=f"Zoom-In candidates instead: {','.join(ZOOMS)}")
-    parser.add_argument("--insertion", default=None, help="--guards: on this f-BRS insertion (default: plain loop)")
+    parser.add_argument("--merges", default=None, help=f"progressive-merge candidates instead: {','.join(MERGES)}")
+    parser.add_argument("--insertion", default=None,
+                        help="--guards, --zooms, --merges: on this f-BRS insertion (default: plain loop)")
+    parser.add_argument("--guard", action="store_true", help="--zooms, --merges: with the f-BRS guard on")
     parser.add_argument("--scan", type=Path, default=None,
                         help="--guards: an earlier plain-loop log (lines {sample, ious}) taken as the 'off' runs")
     parser.add_argument("--sets", default=",".join(SETS), help="training sets, in this order")
@@ -143,7 +165,10 @@ def main() -> None:
         run_guards(args, model)
         return
     if args.zooms is not None:
-        run_zooms(args, model)
+        run_candidates(args, model, "zoom_in", ZOOMS)
+        return
+    if args.merges is not None:
+        run_candidates(args, model, "merge", MERGES)
         return
     combos = [
         {"mask_feedback": feedback, "multimask_first_click": multimask}
@@ -211,14 +236,16 @@ def run_guards(args: argparse.Namespace, model) -> None:
                 print(f"{group:10s} {name:24s} {summary(curves)}")
 
 
-def run_zooms(args: argparse.Namespace, model) -> None:
-    """Every --zooms candidate on the first --per-set objects of each set (plain loop, or --insertion)."""
-    names = args.zooms.split(",")
+def run_candidates(args: argparse.Namespace, model, option: str, candidates: dict) -> None:
+    """Every candidate value of the predictor option `option` ("zoom_in": --zooms, "merge": --merges) on the
+    first --per-set objects of each set (plain loop, or --insertion with --guard)."""
+    names = getattr(args, {"zoom_in": "zooms", "merge": "merges"}[option]).split(",")
+    key = {"zoom_in": "zoom", "merge": "merge"}[option]
     done: dict[tuple[str, str], dict] = {}
     if args.out.is_file():
         for record in map(json.loads, args.out.read_text().splitlines()):
-            if record.get("insertion") == args.insertion and "zoom" in record:
-                done[(record["sample"], record["zoom"])] = record
+            if record.get("insertion") == args.insertion and record.get("guard", False) == args.guard and key in record:
+                done[(record["sample"], record[key])] = record
     samples = training_samples(args.per_set, args.offset, tuple(args.sets.split(",")))
     print(f"{len(samples)} held-out training objects")
     with open(args.out, "a") as log:
@@ -226,10 +253,12 @@ def run_zooms(args: argparse.Namespace, model) -> None:
             for name in names:
                 if (sample.name, name) in done:
                     continue
-                predictor = SamPredictor(model, insertion=args.insertion, zoom_in=ZOOMS[name])
+                predictor = SamPredictor(model, insertion=args.insertion, guard=args.guard,
+                                         **{option: candidates[name]})
                 encoder_runs = len(model.encoder_seconds)
                 result = evaluate_sample(predictor, sample)
-                record = {"sample": sample.name, "insertion": args.insertion, "zoom": name, "ious": result.ious,
+                record = {"sample": sample.name, "insertion": args.insertion, "guard": args.guard, key: name,
+                          "ious": result.ious,
                           "spc": float(np.mean(result.click_seconds)),
                           "encoder_runs": len(model.encoder_seconds) - encoder_runs}
                 done[(sample.name, name)] = record
@@ -239,7 +268,7 @@ def run_zooms(args: argparse.Namespace, model) -> None:
         records = [done[(s.name, name)] for s in samples if (s.name, name) in done]
         if records:
             print(f"{name:14s} {summary([r['ious'] for r in records])} s/click "
-                  f"{np.mean([r['spc'] for r in records]):.2f} crops/object "
+                  f"{np.mean([r['spc'] for r in records]):.2f} encoder runs/object "
                   f"{np.mean([r['encoder_runs'] for r in records]):.2f}")
 
 

@@ -63,7 +63,7 @@ SAM_MODES["SAM-zoom"] = SamModeSpec(
 #: image side, backend) and `fbrs evaluate` says so.
 SAM_OPTIONS = (
     "lbfgs_max_evaluations", "max_clicks", "prob_threshold", "mask_feedback", "multimask_first_click", "guard",
-    "feedback_guard",
+    "feedback_guard", "merge",
 )
 
 

@@ -20,6 +20,7 @@ from fbrs.inference.brs.guard import GuardConfig, config_from_option, resolve_gu
 from fbrs.inference.brs.objective import BRSConfig, LBFGSConfig
 from fbrs.inference.brs.refiners import FeatureBRS, NoRefinement, Refiner
 from fbrs.inference.interactive import InteractivePredictor, PredictorState
+from fbrs.inference.merge import MergeConfig, progressive_merge
 from fbrs.inference.sam_guard import (
     Answer,
     FeedbackGuardConfig,
@@ -79,6 +80,9 @@ class SamPredictor(InteractivePredictor):
             or changes much of the mask far from the new click (`sam_guard`).
         zoom_in: False (default) / True / a `fbrs.inference.sam_zoom.SamZoomConfig`: from the second click
             on, decode in a crop around the object (one more encoder run whenever the crop changes).
+        merge: False (default) / True / a `fbrs.inference.merge.MergeConfig`: from its start click on, keep
+            only the changes of the mask that touch the new click (progressive merge, in the low-res frame:
+            the merged logits are also the next mask input).
 
     Undo / redo / get_state / set_state / predict: see `fbrs.inference.interactive.InteractivePredictor`.
     """
@@ -98,6 +102,7 @@ class SamPredictor(InteractivePredictor):
         mode: str | None = None,
         guard: GuardConfig | bool | None = None,
         feedback_guard: FeedbackGuardConfig | bool | None = None,
+        merge: MergeConfig | bool | None = False,
     ) -> None:
         if not isinstance(model, SamModel):
             raise TypeError(f"SAM modes need a SamModel (fbrs.models.sam), got {type(model).__name__}")
@@ -122,6 +127,7 @@ class SamPredictor(InteractivePredictor):
             self.refiner = FeatureBRS(insertion, guard=resolve_guard(guard, False), **common)
         self.feedback_guard = resolve_feedback_guard(feedback_guard, False)
         self.zoom = config_from_option(zoom_in, False, SamZoomConfig, "zoom_in")
+        self.merge = config_from_option(merge, False, MergeConfig, "merge")
         self.last_feedback_choice: str | None = None  # "fed" or the sam_guard rule that chose an alternative
         self._image_frame: SamFrame | None = None  # the whole image's embedding
         self._frame: SamFrame | None = None  # where the last click was decoded (a crop with Zoom-In)
@@ -159,6 +165,7 @@ class SamPredictor(InteractivePredictor):
         embedding = frame.embedding
         grid = torch.zeros((1, 1, size, size), device=embedding.embedding.device)
         clicks = clicks_in_frame(frame, self._clicks, config.input_size, size)
+        previous = mask_prompt
         if not self.mask_feedback:
             mask_prompt = None
         network = SamNetwork(self.model.decoder, embedding, mask_prompt, self.multimask_first_click)
@@ -173,6 +180,11 @@ class SamPredictor(InteractivePredictor):
                 self.feedback_guard, Answer(low_res, network.last_iou), alternatives, mask_prompt, clicks
             )
             low_res = chosen.logits
+        if self.merge is not None and previous is not None and len(clicks) >= self.merge.start_click:
+            merged = progressive_merge(
+                previous[0, 0].cpu().numpy(), low_res[0, 0].cpu().numpy(), clicks[-1], 0.0, self.merge
+            )
+            low_res = torch.from_numpy(merged)[None, None].to(low_res.device)
         self._frame = frame
         return frame_probabilities(frame, low_res, self.image_size, config.input_size), low_res
 
