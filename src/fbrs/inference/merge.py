@@ -31,8 +31,9 @@ class MergeConfig:
     (changes the other way are reverted too). reach: a changed region "touches" the click when it comes
     within this many pixels of it (pixels of the map merged: SAM's low-res frame). When no changed region
     touches the click (the network did not act there), the answer is taken whole: reverting everything
-    would leave the mask as it was and the user clicking on the same spot. Defaults chosen on held-out
-    training objects (benchmarks/sam_options.py --merges; table in docs/sam.md)."""
+    would leave the mask as it was and the user clicking on the same spot. On held-out training objects
+    no setting beat the unmerged loop (benchmarks/sam_options.py --merges; table in docs/sam.md): the
+    merge is off in every mode, and these defaults are the middle candidate of that table."""
 
     start_click: int = 3
     monotone: bool = False

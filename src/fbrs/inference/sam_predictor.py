@@ -180,7 +180,10 @@ class SamPredictor(InteractivePredictor):
                 self.feedback_guard, Answer(low_res, network.last_iou), alternatives, mask_prompt, clicks
             )
             low_res = chosen.logits
-        if self.merge is not None and previous is not None and len(clicks) >= self.merge.start_click:
+        # (With Zoom-In a negative click outside the crop is left out of `clicks`: then there is nothing to
+        # merge around in this frame.)
+        if (self.merge is not None and previous is not None and len(self._clicks) >= self.merge.start_click
+                and len(clicks) == len(self._clicks)):
             merged = progressive_merge(
                 previous[0, 0].cpu().numpy(), low_res[0, 0].cpu().numpy(), clicks[-1], 0.0, self.merge
             )
