@@ -165,10 +165,10 @@ def main() -> None:
         run_guards(args, model)
         return
     if args.zooms is not None:
-        run_candidates(args, model, "zoom_in", ZOOMS)
+        run_candidates(args, model, "zoom_in", "zoom", ZOOMS, args.zooms)
         return
     if args.merges is not None:
-        run_candidates(args, model, "merge", MERGES)
+        run_candidates(args, model, "merge", "merge", MERGES, args.merges)
         return
     combos = [
         {"mask_feedback": feedback, "multimask_first_click": multimask}
@@ -236,11 +236,11 @@ def run_guards(args: argparse.Namespace, model) -> None:
                 print(f"{group:10s} {name:24s} {summary(curves)}")
 
 
-def run_candidates(args: argparse.Namespace, model, option: str, candidates: dict) -> None:
-    """Every candidate value of the predictor option `option` ("zoom_in": --zooms, "merge": --merges) on the
-    first --per-set objects of each set (plain loop, or --insertion with --guard)."""
-    names = getattr(args, {"zoom_in": "zooms", "merge": "merges"}[option]).split(",")
-    key = {"zoom_in": "zoom", "merge": "merge"}[option]
+def run_candidates(args: argparse.Namespace, model, option: str, key: str, candidates: dict, chosen: str) -> None:
+    """Every candidate of `chosen` (comma-separated keys of `candidates`) as the value of the predictor option
+    `option`, on the first --per-set objects of each set (plain loop, or --insertion with --guard); logged
+    under `key` in --out (resumable)."""
+    names = chosen.split(",")
     done: dict[tuple[str, str], dict] = {}
     if args.out.is_file():
         for record in map(json.loads, args.out.read_text().splitlines()):

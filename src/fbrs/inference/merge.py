@@ -59,12 +59,13 @@ def reverted_pixels(
     else:
         allowed = changed
     regions, _ = ndimage.label(allowed, structure=_EIGHT_CONNECTED)
+    # The labelled pixels within `reach` of the click, searched in the square window around it.
     height, width = changed.shape
     reach = int(np.ceil(config.reach))
     y, x = int(round(min(max(click.y, 0), height - 1))), int(round(min(max(click.x, 0), width - 1)))
-    window = regions[max(0, y - reach) : y + reach + 1, max(0, x - reach) : x + reach + 1]
-    rows, columns = np.nonzero(window)
-    rows, columns = rows + max(0, y - reach), columns + max(0, x - reach)
+    top, left = max(0, y - reach), max(0, x - reach)
+    rows, columns = np.nonzero(regions[top : y + reach + 1, left : x + reach + 1])
+    rows, columns = rows + top, columns + left
     close = (rows - click.y) ** 2 + (columns - click.x) ** 2 <= config.reach**2
     touching = np.unique(regions[rows[close], columns[close]])
     if len(touching) == 0:  # the network did not act at the click: take its answer whole
