@@ -134,3 +134,32 @@ def test_sam_modes_are_registered(tiny_sam, tiny_model):
         assert isinstance(fbrs.create_predictor(mode, tiny_sam), SamPredictor)
     with pytest.raises(TypeError, match="SamModel"):
         fbrs.create_predictor("SAM", tiny_model)
+
+
+@pytest.mark.parametrize("margin", [0.05, 0.1])
+def test_the_output_switch_returns_the_output_the_iou_head_rates_clearly_better(image, margin):
+    """From the second click on, output_switch returns the output with the highest predicted IoU where that
+    prediction beats the single-mask output's by more than the margin; the first click keeps SAM's rule."""
+    import torch
+
+    from fbrs.inference.sam_network import OutputSwitchConfig
+
+    model = build_tiny_sam_model(seed=1)  # its IoU head rates output 2 above output 0 at the second click
+    plain = SamPredictor(model)
+    switched = SamPredictor(model, output_switch=OutputSwitchConfig(margin))
+    for predictor in (plain, switched):
+        predictor.set_image(image)
+    assert np.array_equal(switched.add_click(35, 50, True), plain.add_click(35, 50, True))
+    previous = switched.get_state().low_res
+    embedding = model.embed(image)
+    scale = embedding.scale
+    coords = torch.tensor([[(50 * scale, 35 * scale), (5 * scale, 5 * scale), (0.0, 0.0)]])
+    labels = torch.tensor([[1.0, 0.0, -1.0]])
+    with torch.no_grad():
+        masks, ious = model.decoder(embedding.embedding, coords, labels, previous)
+    best = int(torch.argmax(ious[0]))
+    assert best != 0, "the tiny model no longer exercises the switch"
+    expected = best if float(ious[0, best] - ious[0, 0]) > margin else 0
+    switched_second, plain_second = switched.add_click(5, 5, False), plain.add_click(5, 5, False)
+    torch.testing.assert_close(switched.get_state().low_res, masks[:, expected : expected + 1], atol=1e-4, rtol=0)
+    assert np.array_equal(switched_second, plain_second) == (expected == 0)

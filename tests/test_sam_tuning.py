@@ -94,6 +94,35 @@ def test_the_loss_trains_the_decoder(box_image, num_clicks):
     assert losses[-1] < 0.5 * losses[0]
 
 
+@pytest.mark.parametrize("num_clicks", [1, 3])
+def test_iou_all_outputs_scores_every_output_after_the_first_click(box_image, num_clicks):
+    """tune.iou_all_outputs: from the second click on the IoU term is the mean squared error of all four
+    outputs' predictions against their real IoUs (what the output switch reads); the mask term and the first
+    click are unchanged."""
+    import dataclasses
+
+    from fbrs.training.sam_decoder import hard_iou, logits_on_image, prompt_points
+
+    model = build_tiny_sam_model(seed=2)
+    item = _box_object(box_image, TinyImageEncoder(TINY_CONFIG, seed=2))
+    robots, mask_input = simulate_clicks(model.decoder, [item], num_clicks, np.random.default_rng(0))
+    tune = SamTuneSection()
+    _, single = decoder_loss(model.decoder, [item], robots, mask_input, tune)
+    _, every = decoder_loss(model.decoder, [item], robots, mask_input, dataclasses.replace(tune, iou_all_outputs=True))
+    assert every["mask"] == pytest.approx(single["mask"])
+    coords, labels = prompt_points([robots[0].clicks], [item.embedding.scale])
+    with torch.no_grad():
+        low_res, predicted = model.decoder(item.embedding.embedding, coords, labels, mask_input)
+    target = torch.from_numpy(item.gt.astype(np.float32))
+    valid = torch.ones_like(target)
+    errors = [float((predicted[0, k] - hard_iou(logits_on_image(model.decoder, low_res[:, k : k + 1], item),
+                                                target, valid)) ** 2) for k in range(low_res.shape[1])]
+    scored = errors[1:] if num_clicks == 1 else errors
+    assert every["iou_mse"] == pytest.approx(float(np.mean(scored)), rel=1e-4)
+    if num_clicks > 1:
+        assert single["iou_mse"] == pytest.approx(errors[0], rel=1e-4) and not np.isclose(errors[0], np.mean(errors))
+
+
 def test_the_embedding_cache_round_trips_and_refuses_another_encoder(box_image, tmp_path):
     embedding = TinyImageEncoder(TINY_CONFIG)(box_image)
     cache = EmbeddingCache(tmp_path / "cache", "a" * 64)
@@ -221,3 +250,34 @@ def test_iou_head_only_leaves_every_mask_as_it_was(person_folder, tmp_path):
         load_iou_head(start, head, file_sha256(output / "step_2.safetensors"))
     with pytest.raises(CheckpointError, match="holds only an IoU head"):
         load_sam_decoder(head)
+
+
+def test_a_head_fit_can_start_from_another_head_and_validate_with_the_output_switch(person_folder, tmp_path):
+    """run.init_iou_head lays a head file over the parent decoder before training (what step 0 holds, recorded
+    in the provenance); validation.output_switch validates the SAM mode with the switch on."""
+    from fbrs.io_utils import file_sha256
+    from fbrs.models.sam.checkpoint import save_iou_head
+
+    head = tmp_path / "head.safetensors"
+    config = _tiny_recipe(person_folder, tmp_path, "tune.iou_head_only=true", "tune.iou_all_outputs=true",
+                          "tune.steps=1", "validation.output_switch=true", "validation.output_switch_margin=0.0",
+                          f'run.init_iou_head="{head}"')
+    parent_sha = file_sha256(config.run.init_decoder)
+    save_iou_head(build_tiny_sam_model(seed=5).decoder, head, parent_sha)
+    cache = EmbeddingCache(config.run.embeddings, file_sha256(config.run.encoder))
+    fill_cache(cache, images_to_encode(TrainingData(config.data)), TinyImageEncoder(TINY_CONFIG), log=lambda line: None)
+    fit_sam_decoder(config, log=lambda line: None)
+    output = Path(config.run.output_dir)
+    start = load_sam_decoder(output / "step_0.safetensors").state_dict()
+    given = build_tiny_sam_model(seed=5).decoder.state_dict()
+    parent = load_sam_decoder(config.run.init_decoder).state_dict()
+    assert all(torch.equal(start[k], given[k] if k.startswith("iou_head.") else parent[k]) for k in start)
+    metadata = read_sam_metadata(output / "step_0.safetensors")
+    assert metadata["init_iou_head_sha256"] == file_sha256(head) and metadata["parent_sha256"] == parent_sha
+    records = [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["event"] == "validation"] == [0, 1]
+
+    other = save_iou_head(build_tiny_sam_model(seed=5).decoder, tmp_path / "other.safetensors", "f" * 64)
+    refused = _tiny_recipe(person_folder, tmp_path, f'run.init_iou_head="{other}"')
+    with pytest.raises(CheckpointError, match="IoU head of another decoder"):
+        fit_sam_decoder(refused, log=lambda line: None)

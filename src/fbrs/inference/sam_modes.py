@@ -26,6 +26,8 @@ class SamModeSpec:
     feedback_guard: bool | dict = False
     # fbrs.inference.sam_zoom: Zoom-In on by default (the "-zoom" variants); the zoom_in option turns it off
     zoom: bool = False
+    # fbrs.inference.sam_network.OutputSwitchConfig on by default (SAM-switch)
+    output_switch: bool = False
 
 
 SAM_MODES: dict[str, SamModeSpec] = {
@@ -52,6 +54,12 @@ SAM_MODES["SAM-guarded-iou"] = SamModeSpec(
     "SAM-guarded-iou", None, "SAM plain loop, guarded: the no-mask answer where SAM rates it clearly better",
     feedback_guard={"rules": ("iou",), "iou_margin": 0.05},
 )
+SAM_MODES["SAM-switch"] = SamModeSpec(
+    "SAM-switch", None,
+    "SAM plain loop with the output switch: after the first click, a multimask output where the IoU head "
+    "rates it clearly better than the single-mask one",
+    output_switch=True,
+)
 SAM_MODES["SAM-zoom"] = SamModeSpec(
     "SAM-zoom", None, "SAM plain loop with Zoom-In: from the second click, decode in a crop around the object",
     zoom=True,
@@ -63,7 +71,7 @@ SAM_MODES["SAM-zoom"] = SamModeSpec(
 #: image side, backend) and `fbrs evaluate` says so.
 SAM_OPTIONS = (
     "lbfgs_max_evaluations", "max_clicks", "prob_threshold", "mask_feedback", "multimask_first_click", "guard",
-    "feedback_guard", "merge",
+    "feedback_guard", "merge", "output_switch",
 )
 
 
@@ -81,6 +89,7 @@ def _factory(spec: SamModeSpec):
 
             options["feedback_guard"] = FeedbackGuardConfig(**spec.feedback_guard)
         options.setdefault("feedback_guard", spec.feedback_guard)
+        options.setdefault("output_switch", spec.output_switch)
         # zoom_in (default True everywhere, as for the DeepLab modes) only acts in the modes with Zoom-In.
         options["zoom_in"] = options.get("zoom_in", True) if spec.zoom else False
         return SamPredictor(model, insertion=spec.insertion, mode=spec.name, **options)

