@@ -58,7 +58,8 @@ def main() -> None:
     parser.add_argument(
         "runs", nargs="+", help="fbrs evaluate run folders; FOLDER=LABEL puts LABEL before its modes' names"
     )
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sam_comparison.md"))
+    # No default file: a quick look at some runs must not overwrite the committed table.
+    parser.add_argument("--out", type=Path, default=None, help="also write the table here (markdown)")
     args = parser.parse_args()
     merged: dict[str, dict[str, list[dict]]] = {}
     for run in args.runs:
@@ -79,7 +80,8 @@ def main() -> None:
     lines = [line for dataset in sorted(merged) for line in rows_for(dataset, merged[dataset])]
     sources = ", ".join(f"`{run}`" for run in args.runs)
     text = "\n".join(header + lines) + f"\n\nFrom the run folders {sources}; `benchmarks/sam_comparison.py`.\n"
-    write_text_atomic(args.out, text)
+    if args.out is not None:
+        write_text_atomic(args.out, text)
     print(text)
 
 
