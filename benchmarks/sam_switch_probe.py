@@ -6,11 +6,14 @@ gain over the single-mask output be rated from the masks themselves, rather than
     python benchmarks/sam_switch_probe.py log heldout 60 work/feat_heldout.json    # train-sam's held-out objects
     python benchmarks/sam_switch_probe.py fit work/feat_train0.json,work/feat_train1.json work/feat_heldout.json
 
+    python benchmarks/sam_switch_probe.py closed work/feat_train0.json,... 0.1 work/closed.json  # closed loop
+
 `log` runs the plain SAM loop (10 robot clicks, the shipped IoU head) and records, at every click from the
 second on, features of each of the four outputs and their true IoUs (the ground truth is read by replacing
 `SamNetwork` in fbrs.inference.sam_predictor for this process: analysis only). `fit` fits a ridge regression
 and a small MLP of each multimask output's IoU gain over the single-mask output on the first files and scores
-the switch decisions (switch above a predicted gain of 0.1 / 0.15) on the second.
+the switch decisions (switch above a predicted gain of 0.1 / 0.15) on the second. `closed` fits the MLP and runs
+the held-out objects with it deciding the switch (10 clicks; a margin of 1e9 is the plain loop).
 """
 
 import json
@@ -23,7 +26,7 @@ import fbrs.inference.sam_predictor as sp
 from fbrs.evaluation.datasets import Sample
 from fbrs.evaluation.protocol import evaluate_sample
 from fbrs.inference.sam_guard import violated_clicks
-from fbrs.inference.sam_network import SamNetwork
+from fbrs.inference.sam_network import SamContext, SamNetwork
 from fbrs.inference.sam_zoom import SamFrame, clicks_in_frame, frame_probabilities
 from fbrs.io_utils import file_sha256
 from fbrs.models.sam.checkpoint import DEFAULT_ENCODER_PATH
@@ -71,10 +74,15 @@ class Logger(SamNetwork):
                     "new_ok": bool(m[y, x] == last.is_positive), "true": true_iou(self.embedding, logits),
                     "iou_out0": iou(m, (masks[0, 0] > 0).numpy()),
                 })
-            ROWS.append({"name": STATE["name"], "click": n, "positive": bool(clicks[-1].is_positive),
-                         "prev_area": float(prev.sum()), "outputs": out})
+            row = {"name": STATE["name"], "click": n, "positive": bool(clicks[-1].is_positive),
+                   "prev_area": float(prev.sum()), "outputs": out}
+            ROWS.append(row)
+            rater = STATE.get("rater")
+            if rater is not None:  # closed loop: switch where the rater predicts a gain above the margin
+                gains = rater([row])[0]
+                if gains.max() > STATE["margin"]:
+                    context = SamContext(context.prompt, context.token_side, int(gains.argmax()) + 1)
         return features, context
-
 
 
 def log_rows(argv: list[str]) -> None:
@@ -111,7 +119,8 @@ def log_rows(argv: list[str]) -> None:
         encoder.expect(name.split("#", 1)[0])
         STATE.update(gt=gt, ignore=ignore, name=name)
         with torch.no_grad():
-            evaluate_sample(predictor, Sample(image, gt, ignore, name), max_clicks=10, stop_at_target=False)
+            result = evaluate_sample(predictor, Sample(image, gt, ignore, name), max_clicks=10, stop_at_target=False)
+        STATE.setdefault("curves", []).append([float(v) for v in result.ious])
     json.dump(ROWS, open(out, "w"))
 
 
@@ -215,5 +224,16 @@ def fit_and_score(argv: list[str]) -> None:
         print("mlp", margin, decisions(held, predict(held), margin))
 
 
+def closed_loop(argv: list[str]) -> None:
+    """closed TRAIN_FILES MARGIN OUT.json: fit the MLP on TRAIN_FILES, then run the held-out objects with the
+    switch it rates (the `log` loop with the rater deciding) and print NoC@85/90, #>=20 and collapses."""
+    from fbrs.evaluation.metrics import curve_metrics
+
+    train = sum((json.loads(open(path).read()) for path in argv[0].split(",")), [])
+    STATE["rater"], STATE["margin"] = fit_mlp(train), float(argv[1])
+    log_rows(["heldout", "60", argv[2]])
+    print(argv[1], {k: round(float(v), 3) for k, v in curve_metrics(STATE["curves"], 10).items()})
+
+
 if __name__ == "__main__":
-    {"log": log_rows, "fit": fit_and_score}[sys.argv[1]](sys.argv[2:])
+    {"log": log_rows, "fit": fit_and_score, "closed": closed_loop}[sys.argv[1]](sys.argv[2:])
