@@ -22,7 +22,7 @@ import torch
 
 import fbrs.inference.sam_predictor as sp
 from fbrs.evaluation.datasets import Sample
-from fbrs.evaluation.metrics import curve_metrics
+from fbrs.evaluation.metrics import curve_metrics, iou
 from fbrs.evaluation.protocol import evaluate_sample
 from fbrs.inference.sam_network import SamContext, SamNetwork
 from fbrs.inference.sam_zoom import SamFrame, frame_probabilities
@@ -38,12 +38,9 @@ STATE = {"policy": "plain", "gt": None, "ignore": None, "first": 0, "log": []}
 
 
 def true_iou(embedding, low_res) -> float:
-    probabilities = frame_probabilities(SamFrame(embedding), low_res, embedding.image_size, 1024)
-    predicted = probabilities > 0.5
-    valid = ~STATE["ignore"]
-    gt = STATE["gt"]
-    union = ((predicted | gt) & valid).sum()
-    return float(((predicted & gt) & valid).sum() / max(union, 1))
+    """IoU with the current object's ground truth of (1, 1, L, L) low-res logits, at SAM's threshold (logits > 0)."""
+    predicted = frame_probabilities(SamFrame(embedding), low_res, embedding.image_size, 1024) > 0.5
+    return iou(STATE["gt"], predicted, STATE["ignore"])
 
 
 class ChoiceNetwork(SamNetwork):

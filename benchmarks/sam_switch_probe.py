@@ -24,6 +24,7 @@ import torch
 
 import fbrs.inference.sam_predictor as sp
 from fbrs.evaluation.datasets import Sample
+from fbrs.evaluation.metrics import iou
 from fbrs.evaluation.protocol import evaluate_sample
 from fbrs.inference.sam_guard import violated_clicks
 from fbrs.inference.sam_network import SamContext, SamNetwork
@@ -39,14 +40,14 @@ STATE = {}
 ROWS = []
 
 
-def true_iou(embedding, low_res):
+def true_iou(embedding, low_res) -> float:
+    """IoU with the current object's ground truth of (1, 1, L, L) low-res logits, at SAM's threshold (logits > 0)."""
     predicted = frame_probabilities(SamFrame(embedding), low_res, embedding.image_size, 1024) > 0.5
-    valid = ~STATE["ignore"]
-    gt = STATE["gt"]
-    return float(((predicted & gt) & valid).sum() / max(((predicted | gt) & valid).sum(), 1))
+    return iou(STATE["gt"], predicted, STATE["ignore"])
 
 
-def iou(a, b):
+def mask_overlap(a, b):
+    """A feature: IoU of two low-res masks, 0 for two empty ones (metrics.iou says 1; the logged rows use 0)."""
     return float((a & b).sum() / max((a | b).sum(), 1))
 
 
@@ -70,9 +71,10 @@ class Logger(SamNetwork):
                 x = int(min(max(round(last.x), 0), size - 1))
                 out.append({
                     "pred": float(context.token_side.iou_predictions[0, k]),
-                    "iou_prev": iou(m, prev), "area": float(m.sum()), "violated": violated_clicks(logits, clicks),
+                    "iou_prev": mask_overlap(m, prev), "area": float(m.sum()),
+                    "violated": violated_clicks(logits, clicks),
                     "new_ok": bool(m[y, x] == last.is_positive), "true": true_iou(self.embedding, logits),
-                    "iou_out0": iou(m, (masks[0, 0] > 0).numpy()),
+                    "iou_out0": mask_overlap(m, (masks[0, 0] > 0).numpy()),
                 })
             row = {"name": STATE["name"], "click": n, "positive": bool(clicks[-1].is_positive),
                    "prev_area": float(prev.sum()), "outputs": out}
