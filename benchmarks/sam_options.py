@@ -52,7 +52,10 @@ TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "train"
 SETS = ("oxford_pets", "weizmann_horses", "ccp_person", "coco_train2017", "coco_train2017_extra")
 
 
-def training_samples(per_set: int, offset: int = 0, sets: tuple[str, ...] = SETS) -> list[Sample]:
+def training_samples(per_set: int, offset: int = 0, sets: tuple[str, ...] = SETS, small: bool = False) -> list[Sample]:
+    """The first `per_set` usable images of each set from `offset` on, one object each (COCO: the largest
+    instance; with `small`, the largest instance whose bounding box is at most a third of the image's longer
+    side: the small objects that Berkeley and DAVIS have and the sets' first images rarely do)."""
     samples = []
     for name in sets:
         folder = TRAIN / name
@@ -67,6 +70,9 @@ def training_samples(per_set: int, offset: int = 0, sets: tuple[str, ...] = SETS
             labels = np.asarray(Image.open(mask_path))
             if name.startswith("coco"):  # instance ids: the largest instance
                 ids, counts = np.unique(labels[(labels > 0) & (labels < 255)], return_counts=True)
+                if small:
+                    keep = [bbox_side(labels == i) * 3 <= max(labels.shape) for i in ids]
+                    ids, counts = ids[keep], counts[keep]
                 mask = labels == ids[np.argmax(counts)] if len(ids) else np.zeros(labels.shape, bool)
             else:  # binary: 255 = object
                 mask = labels > 0
@@ -80,6 +86,12 @@ def training_samples(per_set: int, offset: int = 0, sets: tuple[str, ...] = SETS
             samples.append(Sample(image, mask, ignore, f"{name}/{image_path.stem}"))
             taken += 1
     return samples
+
+
+def bbox_side(mask: np.ndarray) -> int:
+    """The longer side of a non-empty (H, W) bool mask's bounding box, in pixels."""
+    rows, columns = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    return int(max(rows[-1] - rows[0], columns[-1] - columns[0]) + 1)
 
 
 #: Feedback-guard candidates (`--guards`): fbrs.inference.sam_guard.FeedbackGuardConfig or False (off).
@@ -120,6 +132,20 @@ ZOOMS = {
     "z1.4-min256": SamZoomConfig(min_crop_size=256),
     "z1.4-gain1": SamZoomConfig(min_gain=1.0),
     "z2.2": SamZoomConfig(expansion_ratio=2.2),
+    # only where the crop magnifies a lot (small objects)
+    "z1.4-gain2": SamZoomConfig(min_gain=2.0),
+    "z1.4-gain3": SamZoomConfig(min_gain=3.0),
+    "z2.2-gain2": SamZoomConfig(expansion_ratio=2.2, min_gain=2.0),
+    "z1.4-skip2-gain2": SamZoomConfig(skip_clicks=2, min_gain=2.0),
+    # the crop's answer only where it agrees with the whole image's
+    "z2.2-gain2-a0.5": SamZoomConfig(expansion_ratio=2.2, min_gain=2.0, agreement=0.5),
+    "z2.2-gain2-a0.6": SamZoomConfig(expansion_ratio=2.2, min_gain=2.0, agreement=0.6),
+    "z2.2-gain2-a0.7": SamZoomConfig(expansion_ratio=2.2, min_gain=2.0, agreement=0.7),
+    "z2.2-gain2-a0.8": SamZoomConfig(expansion_ratio=2.2, min_gain=2.0, agreement=0.8),
+    "z2.2-gain3-a0.7": SamZoomConfig(expansion_ratio=2.2, min_gain=3.0, agreement=0.7),
+    "z2.2-a0.7": SamZoomConfig(expansion_ratio=2.2, agreement=0.7),
+    "z1.4-gain2-a0.7": SamZoomConfig(min_gain=2.0, agreement=0.7),
+    "z1.4-a0.7": SamZoomConfig(agreement=0.7),
 }
 
 
@@ -156,6 +182,8 @@ def main() -> None:
     parser.add_argument("--scan", type=Path, default=None,
                         help="--guards: an earlier plain-loop log (lines {sample, ious}) taken as the 'off' runs")
     parser.add_argument("--sets", default=",".join(SETS), help="training sets, in this order")
+    parser.add_argument("--small", action="store_true",
+                        help="--zooms, --merges: COCO's small objects (see training_samples)")
     parser.add_argument("--scan-offset", type=int, default=8)
     parser.add_argument("--scan-per-set", type=int, default=40)
     args = parser.parse_args()
@@ -246,7 +274,7 @@ def run_candidates(args: argparse.Namespace, model, option: str, key: str, candi
         for record in map(json.loads, args.out.read_text().splitlines()):
             if record.get("insertion") == args.insertion and record.get("guard", False) == args.guard and key in record:
                 done[(record["sample"], record[key])] = record
-    samples = training_samples(args.per_set, args.offset, tuple(args.sets.split(",")))
+    samples = training_samples(args.per_set, args.offset, tuple(args.sets.split(",")), args.small)
     print(f"{len(samples)} held-out training objects")
     with open(args.out, "a") as log:
         for sample in samples:

