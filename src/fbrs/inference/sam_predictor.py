@@ -199,16 +199,17 @@ class SamPredictor(InteractivePredictor):
             )
             low_res = torch.from_numpy(merged)[None, None].to(low_res.device)
         self.last_zoom_fallback = False
-        if self.zoom is not None and self.zoom.agreement is not None and frame.roi is not None:
-            low_res = self._agreeing_answer(frame, low_res, previous, grid)
         self._frame = frame
+        if self.zoom is not None and self.zoom.agreement is not None and frame.roi is not None:
+            return self._agreeing_answer(frame, low_res, previous, grid)
         return frame_probabilities(frame, low_res, self.image_size, config.input_size), low_res
 
     def _agreeing_answer(
         self, frame: SamFrame, low_res: torch.Tensor, previous: torch.Tensor | None, grid: torch.Tensor
-    ) -> torch.Tensor:
-        """The crop's (1, 1, L, L) answer, or the decoder's plain answer on the whole image moved into the crop
-        where the two masks overlap by less than `zoom.agreement` (IoU in image pixels)."""
+    ) -> tuple[np.ndarray, torch.Tensor]:
+        """(probabilities, low-res logits) of the crop's (1, 1, L, L) answer, or of the decoder's plain answer on
+        the whole image moved into the crop where the two masks overlap by less than `zoom.agreement` (IoU in
+        image pixels)."""
         config = self.model.config
         whole = self._image_frame
         mask_prompt = None
@@ -220,12 +221,13 @@ class SamPredictor(InteractivePredictor):
         with torch.no_grad():
             answer = network(grid, points_tensor([clicks]))
         threshold = self.prob_threshold
-        crop_mask = frame_probabilities(frame, low_res, self.image_size, config.input_size) > threshold
+        crop_probabilities = frame_probabilities(frame, low_res, self.image_size, config.input_size)
         whole_mask = frame_probabilities(whole, answer, self.image_size, config.input_size) > threshold
-        if mask_iou(crop_mask, whole_mask) >= self.zoom.agreement:
-            return low_res
+        if mask_iou(crop_probabilities > threshold, whole_mask) >= self.zoom.agreement:
+            return crop_probabilities, low_res
         self.last_zoom_fallback = True
-        return resample_low_res(answer, whole, frame, config.input_size, config.low_res_size)
+        moved = resample_low_res(answer, whole, frame, config.input_size, config.low_res_size)
+        return frame_probabilities(frame, moved, self.image_size, config.input_size), moved
 
     def _frame_for_click(self) -> tuple[SamFrame, torch.Tensor | None]:
         """The frame to decode the current clicks in, and the previous click's logits moved into it."""
