@@ -11,7 +11,8 @@ against the ground truth, then waits for the prefetcher to go idle (a user who t
 than the encoder does; the clicks themselves ran while the prefetch was encoding). It reports the app's
 latency log (GET /api/info `latency`) and each image's `prepare_ms`: image 1 is always cold, later ones are
 prefetched when the prefetch is on. The SAM family's embedding cache is emptied before each variant.
-Variants run round-robin over `--rounds`; the machine is shared, so the numbers are upper bounds.
+Variants run round-robin over `--rounds`; the machine is shared, so the numbers are upper bounds. `--small`
+takes COCO's small held-out objects instead, where `SAM-zoom` re-encodes a crop at some clicks.
 """
 
 from __future__ import annotations
@@ -91,6 +92,8 @@ def run_variant(mode: str, prefetch: bool, truths: dict[str, np.ndarray], folder
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=4, help="training images (one per set, in turn)")
+    parser.add_argument("--small", action="store_true",
+                        help="COCO's small objects instead (sam_options.training_samples): where SAM-zoom crops")
     parser.add_argument("--clicks", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
@@ -100,7 +103,11 @@ def main() -> None:
     from sam_options import training_samples
 
     torch.set_num_threads(args.threads)  # before the SAM model loads: its encoder session takes this count
-    samples = training_samples(per_set=1)[: args.images]
+    if args.small:
+        samples = training_samples(per_set=args.images, sets=("coco_train2017", "coco_train2017_extra"),
+                                   small=True)[: args.images]
+    else:
+        samples = training_samples(per_set=1)[: args.images]
     deeplab = load_default_model()
     variants = []
     for mode in args.modes.split(","):
@@ -120,7 +127,8 @@ def main() -> None:
                 clicks = [c for p in run["images"] for c in p["click_ms"][1:]]
                 print(f"round {round_index} {mode:20s} prefetch {'on ' if prefetch else 'off'} first image "
                       f"{run['images'][0]['prepare_ms']:.0f} ms, later images median {statistics.median(later):.0f} ms,"
-                      f" clicks 2.. median {statistics.median(clicks):.0f} ms (load {run['load']:.1f})", flush=True)
+                      f" clicks 2.. median {statistics.median(clicks):.0f} ms, max {max(clicks):.0f} ms"
+                      f" (load {run['load']:.1f})", flush=True)
     result = {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "threads": args.threads, "clicks": args.clicks,
               "images": [sample.name for sample in samples], "runs": runs}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -179,6 +179,8 @@ def main() -> None:
     parser.add_argument("--insertion", default=None,
                         help="--guards, --zooms, --merges: on this f-BRS insertion (default: plain loop)")
     parser.add_argument("--guard", action="store_true", help="--zooms, --merges: with the f-BRS guard on")
+    parser.add_argument("--lbfgs-max-evaluations", type=int, default=None,
+                        help="--zooms, --merges with --insertion: L-BFGS evaluations per click (default 20)")
     parser.add_argument("--scan", type=Path, default=None,
                         help="--guards: an earlier plain-loop log (lines {sample, ious}) taken as the 'off' runs")
     parser.add_argument("--sets", default=",".join(SETS), help="training sets, in this order")
@@ -272,7 +274,8 @@ def run_candidates(args: argparse.Namespace, model, option: str, key: str, candi
     done: dict[tuple[str, str], dict] = {}
     if args.out.is_file():
         for record in map(json.loads, args.out.read_text().splitlines()):
-            if record.get("insertion") == args.insertion and record.get("guard", False) == args.guard and key in record:
+            if (record.get("insertion") == args.insertion and record.get("guard", False) == args.guard and key in record
+                    and record.get("lbfgs_max_evaluations") == args.lbfgs_max_evaluations):
                 done[(record["sample"], record[key])] = record
     samples = training_samples(args.per_set, args.offset, tuple(args.sets.split(",")), args.small)
     print(f"{len(samples)} held-out training objects")
@@ -281,11 +284,14 @@ def run_candidates(args: argparse.Namespace, model, option: str, key: str, candi
             for name in names:
                 if (sample.name, name) in done:
                     continue
+                extra = {} if args.lbfgs_max_evaluations is None else {
+                    "lbfgs_max_evaluations": args.lbfgs_max_evaluations}
                 predictor = SamPredictor(model, insertion=args.insertion, guard=args.guard,
-                                         **{option: candidates[name]})
+                                         **{option: candidates[name]}, **extra)
                 encoder_runs = len(model.encoder_seconds)
                 result = evaluate_sample(predictor, sample)
                 record = {"sample": sample.name, "insertion": args.insertion, "guard": args.guard, key: name,
+                          "lbfgs_max_evaluations": args.lbfgs_max_evaluations,
                           "ious": result.ious,
                           "spc": float(np.mean(result.click_seconds)),
                           "encoder_runs": len(model.encoder_seconds) - encoder_runs}

@@ -197,3 +197,30 @@ def test_the_zoom_mode_takes_the_chosen_settings(minisam):
     custom = SamZoomConfig(min_gain=3.0)
     assert fbrs.create_predictor("SAM-zoom", model=minisam, zoom_in=custom).zoom == custom
     assert fbrs.create_predictor("SAM", model=minisam, zoom_in=True).zoom is None
+
+
+def test_f_brs_on_top_of_zoom_refines_in_the_crop_and_undo_is_exact(minisam, small_object_picture):
+    import fbrs
+    from fbrs.inference.sam_modes import SAM_ZOOM
+
+    picture, _ = small_object_picture
+    predictor = fbrs.create_predictor("SAM-f-BRS-tokens-guarded-zoom", model=minisam)
+    assert predictor.zoom == SamZoomConfig(**SAM_ZOOM)
+    assert predictor.insertion == "image_tokens" and predictor.refiner.guard is not None
+    predictor.set_image(picture)
+    first = predictor.add_click(200, 325, True)
+    assert predictor.refiner.last_loss_values == []  # f-BRS starts at the second click
+    # a negative click on the positive one: no mask respects both, L-BFGS works hard on the crop's tokens and
+    # the guard damps the solution that would wipe the object out
+    second = predictor.add_click(200, 325, False)
+    assert predictor.get_state().frame.roi is not None
+    assert len(predictor.refiner.last_loss_values) > 2
+    assert predictor.refiner.last_guard_fraction < 1.0
+    assert (second > 0.5).sum() > 0.5 * (first > 0.5).sum()
+    assert np.array_equal(predictor.undo(), first)
+    assert predictor.get_state().frame.roi is None
+    assert np.array_equal(predictor.redo(), second)
+    # stateless predict makes the same crop and the same refinement
+    other = fbrs.create_predictor("SAM-f-BRS-tokens-guarded-zoom", model=minisam)
+    other.set_image(picture)
+    np.testing.assert_array_equal(other.predict([(200, 325), (200, 325)], [1, 0]), second)
