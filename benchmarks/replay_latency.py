@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from fbrs.evaluation.datasets import load_dataset
+from fbrs.evaluation.metrics import iou
 from fbrs.evaluation.predictors import PredictorRecipe
 
 
@@ -72,14 +73,11 @@ def main() -> None:
             for index, (y, x, positive) in enumerate(record["clicks"]):  # recorded as (y, x, positive 0/1)
                 cpu, wall = time.process_time(), time.perf_counter()
                 probabilities = predictor.add_click(y, x, bool(positive))
-                if index > 0:  # clicks 2.. (the first click is the same in every mode here)
+                if index > 0:  # clicks 2.., as fbrs bench (BRS starts at the second click)
                     result[mode]["click_cpu"].append(time.process_time() - cpu)
                     result[mode]["click_wall"].append(time.perf_counter() - wall)
-            mask = probabilities > settings["pred_threshold"]
-            valid = ~sample.ignore
-            union = np.logical_or(mask, sample.mask)[valid].sum()
-            iou = np.logical_and(mask, sample.mask)[valid].sum() / max(union, 1)
-            if abs(iou - record["ious"][-1]) > 1e-4:
+            replayed = iou(sample.mask, probabilities > settings["pred_threshold"], sample.ignore)
+            if abs(replayed - record["ious"][-1]) > 1e-4:
                 result[mode]["mismatches"] += 1
     print(f"{len(names)} samples of {args.dataset}, one thread, clicks 2.. of each recorded sequence")
     print("| mode | clicks | CPU s / click: median / p95 / max | wall s / click: median | new image CPU, s: median |"
