@@ -155,3 +155,48 @@ def test_low_res_mapping_is_inverted():
     for y, x in [(0, 0), (10.5, 3.0), (299, 450)]:
         row, column = to_low_res(y, x, 1024 / 451, 1024, 256)
         assert from_low_res(row, column, 1024 / 451, 1024, 256) == pytest.approx((y, x))
+
+
+def _tiny_pass(batch: int = 2):
+    """The tiny decoder's features at image_tokens and upscaled for a batch of two prompts."""
+    model = build_tiny_sam_model()
+    decoder = model.decoder
+    embedding = model.embed(np.full((40, 60, 3), 90, np.uint8)).embedding.expand(batch, -1, -1, -1)
+    coords = torch.tensor([[[30.0, 20.0], [70.0, 50.0], [0.0, 0.0]], [[90.0, 10.0], [5.0, 100.0], [0.0, 0.0]]])
+    labels = torch.tensor([[1.0, 0.0, -1.0], [1.0, 1.0, -1.0]])
+    with torch.no_grad():
+        prompt = decoder.encode_prompt(coords[:batch], labels[:batch], torch.randn(batch, 1, 64, 64))
+        tokens, token_side = decoder.features_at("image_tokens", embedding, prompt)
+    return decoder, prompt, tokens, token_side
+
+
+def test_the_upscaling_as_row_products_is_the_convolution_modules():
+    decoder, prompt, tokens, token_side = _tiny_pass()
+    with torch.no_grad():
+        upscaled = decoder.output_upscaling(tokens)  # the modules the converted weights load into
+        reference = token_side.hyper_weights @ upscaled.flatten(2)
+        masks = decoder.masks_from("image_tokens", tokens, prompt, token_side)
+        embedding = build_tiny_sam_model().embed(np.full((40, 60, 3), 90, np.uint8)).embedding.expand(2, -1, -1, -1)
+        features, _ = decoder.features_at("upscaled", embedding, prompt)
+    torch.testing.assert_close(masks, reference.view_as(masks), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(features, upscaled, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("insertion", ["image_tokens", "upscaled"])
+def test_masks_on_the_support_are_the_masks_there_and_zero_elsewhere(insertion):
+    decoder, prompt, tokens, token_side = _tiny_pass()
+    features = tokens if insertion == "image_tokens" else decoder.output_upscaling(tokens)
+    support = torch.zeros((2, 1, 64, 64), dtype=torch.bool)
+    support[0, 0, 3:6, 10:13] = True  # a click square across two 4x4 blocks
+    support[1, 0, 60:63, 0:3] = True
+    with torch.no_grad():
+        whole = decoder.masks_from(insertion, features, prompt, token_side, mask_index=1)
+        on_support = decoder.masks_on_support(insertion, features, token_side, 1, support)
+    assert on_support.shape == whole.shape
+    torch.testing.assert_close(on_support[support], whole[support], atol=1e-5, rtol=1e-5)
+    touched = support if insertion == "upscaled" else torch.nn.functional.max_pool2d(support.float(), 4).bool()
+    if insertion == "image_tokens":
+        touched = touched.repeat_interleave(4, 2).repeat_interleave(4, 3)
+    assert torch.count_nonzero(on_support[~touched]) == 0
+    with pytest.raises(ValueError, match="image_tokens or upscaled"):
+        decoder.masks_on_support("image_embedding", features, token_side, 1, support)

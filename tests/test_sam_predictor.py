@@ -163,3 +163,42 @@ def test_the_output_switch_returns_the_output_the_iou_head_rates_clearly_better(
     switched_second, plain_second = switched.add_click(5, 5, False), plain.add_click(5, 5, False)
     torch.testing.assert_close(switched.get_state().low_res, masks[:, expected : expected + 1], atol=1e-4, rtol=0)
     assert np.array_equal(switched_second, plain_second) == (expected == 0)
+
+
+@pytest.mark.parametrize("insertion", ["image_tokens", "upscaled"])
+def test_the_support_gradient_is_the_whole_map_gradient(tiny_sam, image, insertion):
+    """FeatureBRS(support_gradient=True), the SAM f-BRS modes' way, optimises the same f(x) as the original's
+    whole-map backward pass: same loss, same gradient (up to float summation order)."""
+    import torch
+
+    from fbrs.inference.brs.objective import BRSConfig, ClickObjective, SupportClickObjective
+    from fbrs.inference.clicks import Click, click_squares, points_tensor
+    from fbrs.inference.sam_network import SamNetwork
+
+    embedding = tiny_sam.embed(image)
+    network = SamNetwork(tiny_sam.decoder, embedding, None, multimask=False)
+    frame = torch.zeros((1, 1, 64, 64))
+    clicks = [[Click(20.0, 30.0, True), Click(3.0, 60.0, False), Click(40.0, 10.0, True)]]
+    features, context = network.features_at(insertion, frame, points_tensor(clicks))
+    positive, negative = click_squares(clicks, 64, 64)
+    channels = network.insertion_channels(insertion)
+
+    def unpack(x):
+        scale, bias = torch.chunk(x, 2)
+        return (1 + scale.view(1, -1, 1, 1), bias.view(1, -1, 1, 1)), 1e-3 * torch.sum(x**2)
+
+    def logits_fn(scale, bias):
+        return network.logits_from(insertion, features * scale + bias, context, (64, 64))
+
+    def support_fn(scale, bias):
+        return network.support_logits_from(insertion, features * scale + bias, context, (positive + negative) > 0)
+
+    config = BRSConfig(min_iou_diff=0.0)  # no early exit on an unchanged mask: both must return a gradient
+    x = np.random.default_rng(0).normal(0, 0.3, 2 * channels).astype(np.float32)
+    whole_value, whole_gradient = ClickObjective(config, logits_fn, unpack, positive, negative)(x)
+    objective = SupportClickObjective(config, logits_fn, support_fn, unpack, positive, negative)
+    value, gradient = objective(x)
+    assert np.abs(whole_gradient).max() > 1e-4  # the clicks are violated: there is a gradient to compare
+    np.testing.assert_allclose(value, whole_value, rtol=1e-5)
+    np.testing.assert_allclose(gradient, whole_gradient, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(objective.best_logits, logits_fn(*unpack(torch.from_numpy(x))[0]).detach())

@@ -110,6 +110,13 @@ class SamNetwork:
             raise ValueError(f"SAM logits are {tuple(logits.shape[2:])}, the refiner's frame is {tuple(size)}")
         return logits
 
+    def support_logits_from(
+        self, insertion: str, features: torch.Tensor, context: SamContext, support: torch.Tensor
+    ) -> torch.Tensor:
+        """As logits_from, computed only where `support` ((1, 1, L, L) bool) is set, 0 elsewhere
+        (`SamDecoder.masks_on_support`; insertions image_tokens and upscaled): FeatureBRS's support_gradient."""
+        return self.decoder.masks_on_support(insertion, features, context.token_side, context.mask_index, support)
+
     def _check_frame(self, frame: torch.Tensor) -> None:
         size = self.decoder.config.low_res_size
         if frame.shape[0] != 1 or tuple(frame.shape[2:]) != (size, size):

@@ -130,7 +130,12 @@ class SamPredictor(InteractivePredictor):
         if insertion is None:
             self.refiner: Refiner = NoRefinement(**common)
         else:
-            self.refiner = FeatureBRS(insertion, guard=resolve_guard(guard, False), **common)
+            # After the transformer every logit depends on one feature pixel: the click loss's gradient needs
+            # the click squares only (the image embedding feeds attention: whole map there).
+            self.refiner = FeatureBRS(
+                insertion, guard=resolve_guard(guard, False), support_gradient=insertion != "image_embedding",
+                **common,
+            )
         self.feedback_guard = resolve_feedback_guard(feedback_guard, False)
         self.zoom = config_from_option(zoom_in, False, SamZoomConfig, "zoom_in")
         self.merge = config_from_option(merge, False, MergeConfig, "merge")

@@ -159,6 +159,39 @@ class WindowedClickObjective(ClickObjective):
         return logits, probs, loss, max_positive, max_negative, gradient
 
 
+class SupportClickObjective(ClickObjective):
+    """The same f(x), with the gradient taken through the click squares only.
+
+    For networks whose logits after the insertion point are a per-pixel function of the features there (the
+    SAM decoder after its transformer: `SamDecoder.masks_on_support`), `support_fn(*variables)` computes the
+    logits on the loss support only (0 elsewhere) with a graph back to the variables, and `logits_fn` the
+    whole map without one (mask, early exits, best logits). The loss and its gradient are then those of the
+    whole-map objective up to float summation order: the loss never looks outside the click squares.
+    """
+
+    def __init__(
+        self,
+        config: BRSConfig,
+        logits_fn: Callable[..., torch.Tensor],
+        support_fn: Callable[..., torch.Tensor],
+        unpack: Callable[[torch.Tensor], tuple[tuple[torch.Tensor, ...], torch.Tensor]],
+        positive: torch.Tensor,
+        negative: torch.Tensor,
+    ) -> None:
+        super().__init__(config, logits_fn, unpack, positive, negative)
+        self.support_fn = support_fn
+
+    def _evaluate(self, variables: torch.Tensor):
+        with torch.no_grad():
+            logits = self.logits_fn(*self.unpack(variables)[0])
+        with torch.enable_grad():
+            unpacked, regulariser = self.unpack(variables)
+            _, loss, max_positive, max_negative = self._loss(self.support_fn(*unpacked), regulariser)
+        return logits, torch.sigmoid(logits), loss, max_positive, max_negative, (
+            lambda: torch.autograd.grad(loss, variables)[0]
+        )
+
+
 def minimise(objective: ClickObjective, x0: np.ndarray, config: LBFGSConfig) -> np.ndarray:
     """Run scipy's L-BFGS-B from x0; returns the final x (float64)."""
     x, _, _ = fmin_l_bfgs_b(

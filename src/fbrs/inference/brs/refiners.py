@@ -19,7 +19,13 @@ import numpy as np
 import torch
 
 from fbrs.inference.brs.guard import GuardConfig, guarded_solution
-from fbrs.inference.brs.objective import BRSConfig, ClickObjective, WindowedClickObjective, minimise
+from fbrs.inference.brs.objective import (
+    BRSConfig,
+    ClickObjective,
+    SupportClickObjective,
+    WindowedClickObjective,
+    minimise,
+)
 from fbrs.inference.brs.windows import loss_support, plan_windows
 from fbrs.inference.clicks import Click, click_squares, points_tensor
 from fbrs.models.interactive_model import InteractiveModel
@@ -130,14 +136,21 @@ class FeatureBRS(Refiner):
     summation order, which L-BFGS may amplify. False (default) is the original's whole-map backward pass.
     guard: None (default, the original) or a `brs.guard.GuardConfig`: a solution that flips many pixels far
     from every click relative to the network's own answer is damped towards that answer (`brs.guard`).
+    support_gradient: take the gradient through the click squares only, with the model's
+    `support_logits_from` (networks whose logits are per-pixel after the insertion point: the SAM decoder
+    after its transformer; `brs.objective.SupportClickObjective`). Same loss and gradient up to float
+    summation order; the DeepLab models have no such method.
     """
 
     def __init__(
         self, insertion: str, reg_bias_weight: float = 10.0, windowed_gradient: bool = False,
-        guard: GuardConfig | None = None, **kwargs: Any
+        guard: GuardConfig | None = None, support_gradient: bool = False, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
+        if windowed_gradient and support_gradient:
+            raise ValueError("FeatureBRS takes windowed_gradient or support_gradient, not both")
         self.insertion = insertion
+        self.support_gradient = support_gradient
         self.guard = guard
         self.last_guard_fraction: float | None = None  # t of the last guarded click (1: kept, 0: network's own)
         self.reg_bias_weight = reg_bias_weight
@@ -201,7 +214,15 @@ class FeatureBRS(Refiner):
             return model.logits_from(insertion, features * scale + bias, skip, (height, width))
 
         radius = model.local_radius(insertion) if self.windowed_gradient else None
-        if radius is None:
+        if self.support_gradient:
+            support = (positive + negative) > 0
+
+            def support_fn(scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+                scale, bias = per_item(scale, bias)
+                return model.support_logits_from(insertion, features * scale + bias, skip, support)
+
+            objective = SupportClickObjective(self.config, logits_fn, support_fn, unpack, positive, negative)
+        elif radius is None:
             objective = ClickObjective(self.config, logits_fn, unpack, positive, negative)
         else:
 

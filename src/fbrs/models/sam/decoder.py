@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fbrs.models.sam.config import SamDecoderConfig
@@ -137,7 +138,8 @@ class SamDecoder(nn.Module):
         image_map = self._image_map(image_tokens)
         if insertion == "image_tokens":
             return image_map, token_side
-        return self.output_upscaling(image_map), token_side
+        rows = self._upscaled_rows(_map_rows(image_map))
+        return _rows_to_map(rows.view(image_map.shape[0], -1, rows.shape[-1]), self.config.embedding_size), token_side
 
     def masks_from(
         self,
@@ -158,13 +160,78 @@ class SamDecoder(nn.Module):
             insertion = "image_tokens"
         if token_side is None:
             raise ValueError(f"masks_from({insertion!r}) needs the token side from features_at")
-        if insertion == "image_tokens":
-            features = self.output_upscaling(features)
         weights = token_side.hyper_weights
         if mask_index is not None:
             weights = weights[:, mask_index : mask_index + 1]
         batch, channels, height, width = features.shape
+        if insertion == "image_tokens":
+            # The hypernetwork product per row, then one rearrangement of the few output maps (not of the
+            # upscaled features).
+            rows = self._upscaled_rows(_map_rows(features)).view(batch, -1, weights.shape[-1])
+            return _rows_to_map(rows @ weights.transpose(1, 2), width)
         return (weights @ features.reshape(batch, channels, height * width)).reshape(batch, -1, height, width)
+
+    def masks_on_support(
+        self,
+        insertion: str,
+        features: torch.Tensor,
+        token_side: SamFeatures,
+        mask_index: int,
+        support: torch.Tensor,
+    ) -> torch.Tensor:
+        """As `masks_from(insertion, features, ..., mask_index)` (image_tokens or upscaled only), computed only
+        at the pixels of `support` ((B, 1, 4S, 4S) bool): (B, 1, 4S, 4S) logits, equal to masks_from's there
+        and 0 elsewhere. After those two points every output pixel depends on one feature pixel only (the
+        transposed convolutions have stride = kernel size; the rest is per pixel), so this is exact where it is
+        computed; f-BRS takes its click-loss gradient this way (`FeatureBRS(support_gradient=True)`): the loss
+        sees only the click squares, a few dozen pixels of 65,536."""
+        if insertion not in ("image_tokens", "upscaled"):
+            raise ValueError(f"masks_on_support works after image_tokens or upscaled, not {insertion!r}")
+        batch, _, height, width = features.shape
+        weights = token_side.hyper_weights[:, mask_index]  # (B, U)
+        stride = 4 if insertion == "image_tokens" else 1
+        wanted = support[:, 0].reshape(batch, height, stride, width, stride).any(dim=4).any(dim=2)
+        items, rows, columns = torch.nonzero(wanted, as_tuple=True)
+        picked = features.permute(0, 2, 3, 1)[items, rows, columns]  # (n, C)
+        if insertion == "image_tokens":
+            picked = self._upscaled_rows(picked).view(len(items), 16, -1)  # (n, 16, U)
+        else:
+            picked = picked[:, None]
+        values = (picked * weights[items][:, None]).sum(-1)  # (n, 16) or (n, 1)
+        blocks = features.new_zeros((batch, height, width, values.shape[1]))
+        blocks = blocks.index_put((items, rows, columns), values)
+        if insertion == "upscaled":
+            return blocks.permute(0, 3, 1, 2)
+        return _rows_to_map(blocks.view(batch, -1, 1), width)
+
+    def _upscaled_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """(N, C) pixels of the image map -> their output-upscaling features (N * 16, U), ordered
+        (pixel, a, b, a2, b2) for the pixel (4i + 2a + a2, 4j + 2b + b2) of the (4S, 4S) map of pixel (i, j).
+
+        The same arithmetic as `output_upscaling` (two 2x2 stride-2 transposed convolutions, channel
+        LayerNorm, GELUs) written as two matrix products over pixel rows: each output pixel depends on one
+        input pixel only, and on a CPU this runs about twice as fast as the convolution modules (forward
+        and backward; benchmarks/results/sam_zoom.md), which matters because f-BRS at image_tokens re-runs
+        it at every L-BFGS evaluation."""
+        first, norm, _, second, _ = self.output_upscaling
+        channels, middle, last = first.weight.shape[0], first.weight.shape[1], second.weight.shape[1]
+        # ConvTranspose2d weight (in, out, 2, 2) -> (in, 2 * 2 * out), columns ordered (a, b, out).
+        rows = torch.addmm(first.bias.repeat(4), rows, first.weight.permute(0, 2, 3, 1).reshape(channels, -1))
+        rows = F.gelu(F.layer_norm(rows.view(-1, middle), (middle,), norm.weight, norm.bias, norm.eps))
+        rows = torch.addmm(second.bias.repeat(4), rows, second.weight.permute(0, 2, 3, 1).reshape(middle, -1))
+        return F.gelu(rows.view(-1, last))
+
+
+def _map_rows(image_map: torch.Tensor) -> torch.Tensor:
+    """(B, C, S, S) -> (B * S * S, C), pixels in (b, i, j) order."""
+    return image_map.permute(0, 2, 3, 1).reshape(-1, image_map.shape[1])
+
+
+def _rows_to_map(rows: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, S * S * 16, K) rows in `SamDecoder._upscaled_rows`'s order -> (B, K, 4S, 4S) maps."""
+    batch, _, channels = rows.shape
+    grid = rows.view(batch, size, size, 2, 2, 2, 2, channels)  # (b, i, j, a, b', a2, b2, k)
+    return grid.permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(batch, channels, 4 * size, 4 * size)
 
 
 def onnx_mask_choice(iou_predictions: torch.Tensor, num_points: int) -> torch.Tensor:
