@@ -37,15 +37,15 @@ def folder_image(folder, name) -> np.ndarray:
 
 
 def test_the_default_mode_is_the_sam_family_with_its_files_and_f_brs_b_without(monkeypatch, tmp_path):
-    assert DEFAULT_MODE == "SAM-zoom"
+    assert DEFAULT_MODE == "SAM-f-BRS-tokens-guarded-zoom"
     engine = sam_engine()
-    assert engine.default_mode == "SAM-zoom" and engine.default_note is None
-    assert engine.default_settings().mode == "SAM-zoom"
+    assert engine.default_mode == DEFAULT_MODE and engine.default_note is None
+    assert engine.default_settings().mode == DEFAULT_MODE
     missing = tmp_path / "absent_encoder.onnx"
     monkeypatch.setenv("FBRS_SAM_ENCODER", str(missing))
     engine = sam_engine()
     assert engine.default_mode == "f-BRS-B-guarded"
-    assert "default mode SAM-zoom unavailable" in engine.default_note and str(missing) in engine.default_note
+    assert f"default mode {DEFAULT_MODE} unavailable" in engine.default_note and str(missing) in engine.default_note
     # The DeepLab modes stay selectable beside it, and a chosen default wins when it can run.
     assert PredictionEngine(build_model("tiny_test"), default_mode="NoBRS").default_mode == "NoBRS"
 
@@ -54,9 +54,9 @@ def test_opening_an_image_prepares_it_visibly_then_prefetches_the_next_one(tiny_
     folder = sample_folder(tmp_path)
     with make_client(sam_engine(), folder, tmp_path / "out") as client:
         names = [entry["name"] for entry in client.get("/api/images").json()]
-        assert client.get("/api/info").json()["default_settings"]["mode"] == "SAM-zoom"
+        assert client.get("/api/info").json()["default_settings"]["mode"] == DEFAULT_MODE
         opened = client.post(f"/api/images/{names[0]}/session").json()
-        assert opened["settings"]["mode"] == "SAM-zoom"
+        assert opened["settings"]["mode"] == DEFAULT_MODE
         assert opened["prepared"] is False and opened["prepare_ms"] is None  # nothing encoded on open
         assert tiny_sam.encoder_seconds == []
         prepared = client.post(f"/api/sessions/{opened['session_id']}/prepare").json()
@@ -80,7 +80,7 @@ def test_opening_an_image_prepares_it_visibly_then_prefetches_the_next_one(tiny_
                             json={"x": 10, "y": 10, "positive": True}).json()
         assert state["latency_ms"] is not None and len(tiny_sam.encoder_seconds) == encoder_runs
 
-        latency = client.get("/api/info").json()["latency"]["SAM-zoom"]
+        latency = client.get("/api/info").json()["latency"][DEFAULT_MODE]
         assert latency["prepare"]["count"] == 2 and latency["click"]["count"] == 1
         assert latency["click"]["median_ms"] == pytest.approx(state["latency_ms"], abs=0.1)
 

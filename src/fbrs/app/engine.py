@@ -18,7 +18,7 @@ from fbrs.app.latency import LatencyLog
 
 #: The app's default predictor mode (README "Which mode is the default"); where it cannot run (the SAM
 #: files or ONNX Runtime missing) the app falls back to fbrs.inference.default_mode.FALLBACK_MODE and says so.
-DEFAULT_MODE = "SAM-zoom"
+DEFAULT_MODE = "SAM-f-BRS-tokens-guarded-zoom"
 
 
 APP_MAX_IMAGE_SIDE = 1024

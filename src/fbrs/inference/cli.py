@@ -16,7 +16,7 @@ from fbrs.errors import ConfigError, InvalidClickError
 SAMPLES_DIR = Path(__file__).resolve().parents[1] / "data" / "samples"
 #: `fbrs predict`'s mode when --mode is not given (README "Which mode is the default"). With --model (a
 #: DeepLab file) the default is fbrs.inference.default_mode.FALLBACK_MODE instead, and without the SAM files.
-DEFAULT_PREDICT_MODE = "SAM-zoom"
+DEFAULT_PREDICT_MODE = "SAM-f-BRS-tokens-guarded-zoom"
 
 
 _CLICK_OR_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$|^-[\d.]+,")

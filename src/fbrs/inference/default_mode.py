@@ -1,11 +1,11 @@
 """The mode a command runs when the user names none, and the fall-back when it cannot run here.
 
 The app (`fbrs.app.engine.DEFAULT_MODE`) and `fbrs predict` (`fbrs.inference.cli.DEFAULT_PREDICT_MODE`) each
-keep their own constant (today both "SAM-zoom", chosen on GrabCut and Berkeley NoC@90 and #>=20 at an accepted
-latency, see README); this module decides, in one place, whether that mode can run on this install. The
-SAM family needs its two model files (bundled package data, or $FBRS_SAM_DECODER / $FBRS_SAM_ENCODER) and
-ONNX Runtime for the encoder; without them the commands fall back to the bundled DeepLab's f-BRS-B-guarded
-and say why.
+keep their own constant (today both "SAM-f-BRS-tokens-guarded-zoom", chosen on GrabCut and Berkeley NoC@90
+and #>=20 at an accepted latency, see README); this module decides, in one place, whether that mode can run
+on this install. The SAM family needs its two model files (bundled package data, or $FBRS_SAM_DECODER /
+$FBRS_SAM_ENCODER) and ONNX Runtime for the encoder; without them the commands fall back to the bundled
+DeepLab's f-BRS-B-guarded and say why.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ class SamZoomConfig:
     and the crop's answer is kept only where its mask overlaps that answer by at least this IoU; else the
     whole-image answer, moved into the crop, is returned (None: always the crop's; the crop's first answers
     are where Zoom-In collapsed masks on held-out objects). Defaults: the DeepLab Zoom-In's crop rule, which did
-    not pay on held-out training objects; `SAM-zoom` (the default mode) uses the settings that did,
+    not pay on held-out training objects; `SAM-zoom` and the default mode use the settings that did,
     `fbrs.inference.sam_modes.SAM_ZOOM` (benchmarks/sam_options.py --zooms; benchmarks/results/sam_zoom.md)."""
 
     skip_clicks: int = 1
