@@ -200,3 +200,6 @@ def test_masks_on_the_support_are_the_masks_there_and_zero_elsewhere(insertion):
     assert torch.count_nonzero(on_support[~touched]) == 0
     with pytest.raises(ValueError, match="image_tokens or upscaled"):
         decoder.masks_on_support("image_embedding", features, token_side, 1, support)
+    # No click square at all (clicks on row or column 0 have none, as in the original): zeros, no error.
+    nothing = decoder.masks_on_support(insertion, features, token_side, 1, torch.zeros_like(support))
+    assert nothing.shape == whole.shape and torch.count_nonzero(nothing) == 0

@@ -194,7 +194,7 @@ class SamDecoder(nn.Module):
         items, rows, columns = torch.nonzero(wanted, as_tuple=True)
         picked = features.permute(0, 2, 3, 1)[items, rows, columns]  # (n, C)
         if insertion == "image_tokens":
-            picked = self._upscaled_rows(picked).view(len(items), 16, -1)  # (n, 16, U)
+            picked = self._upscaled_rows(picked).view(len(items), 16, weights.shape[-1])  # (n, 16, U); n may be 0
         else:
             picked = picked[:, None]
         values = (picked * weights[items][:, None]).sum(-1)  # (n, 16) or (n, 1)
