@@ -210,9 +210,9 @@ class SamDecoder(nn.Module):
 
         The same arithmetic as `output_upscaling` (two 2x2 stride-2 transposed convolutions, channel
         LayerNorm, GELUs) written as two matrix products over pixel rows: each output pixel depends on one
-        input pixel only, and on a CPU this runs about twice as fast as the convolution modules (forward
-        and backward; benchmarks/results/sam_zoom.md), which matters because f-BRS at image_tokens re-runs
-        it at every L-BFGS evaluation."""
+        input pixel only, and on a CPU this runs 1.9x as fast as the convolution modules (one thread;
+        benchmarks/results/sam_zoom.md, fourth round), which matters because f-BRS at image_tokens re-runs it
+        at every L-BFGS evaluation."""
         first, norm, _, second, _ = self.output_upscaling
         channels, middle, last = first.weight.shape[0], first.weight.shape[1], second.weight.shape[1]
         # ConvTranspose2d weight (in, out, 2, 2) -> (in, 2 * 2 * out), columns ordered (a, b, out).
