@@ -73,6 +73,8 @@ def test_f_brs_modes_optimise_and_keep_the_lowest_loss(tiny_sam, image):
         losses = predictor.refiner.last_loss_values
         assert len(losses) > 1 and min(losses) < losses[0], mode
         assert not np.array_equal(refined, baseline), mode
+        # After the transformer the gradient goes through the click squares only (same f(x), tested below).
+        assert predictor.refiner.support_gradient == (SAM_MODES[mode].insertion != "image_embedding"), mode
 
 
 def test_mask_feedback_and_multimask_options_change_the_computation(tiny_sam, image):
