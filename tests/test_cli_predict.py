@@ -65,6 +65,17 @@ def test_models_lists_architectures_and_modes(capsys):
     assert described["graphcut"].startswith("classical") and described["f-BRS-B"]  # every mode says what it is
 
 
+def test_models_names_the_default_mode_and_its_fall_back(capsys, monkeypatch, tmp_path):
+    from fbrs.inference.cli import DEFAULT_PREDICT_MODE
+
+    assert main(["models"]) == 0
+    assert f"default mode: {DEFAULT_PREDICT_MODE} (fbrs predict" in capsys.readouterr().out
+    monkeypatch.setenv("FBRS_SAM_ENCODER", str(tmp_path / "gone.onnx"))
+    assert main(["models"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("default mode:"))
+    assert line.startswith("default mode: f-BRS-B-guarded") and "gone.onnx" in line
+
+
 def test_models_describes_a_model_file_from_its_metadata(tmp_path):
     from fbrs.inference.cli import describe_model_file
     from fbrs.models import build_model, save_model

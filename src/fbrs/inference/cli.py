@@ -256,6 +256,11 @@ def run_models(args: argparse.Namespace) -> int:
         spec = PREDICTORS.spec(name)
         reason = spec.unavailable_reason
         print(f"  {name:<16} {spec.description}" + (f" (unavailable: {reason})" if reason else ""))
+    from fbrs.inference.default_mode import FALLBACK_MODE, runnable_default
+
+    mode, note = runnable_default(DEFAULT_PREDICT_MODE)
+    print(f"default mode: {mode} (fbrs predict without --mode; {FALLBACK_MODE} with a DeepLab --model)"
+          + (f"; {note}" if note else ""))
     path = default_model_path()
     if not path.is_file():
         print(f"default model: {path} (missing)")
