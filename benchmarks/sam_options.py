@@ -44,6 +44,7 @@ from fbrs.evaluation.metrics import collapses, curve_metrics
 from fbrs.evaluation.protocol import evaluate_sample
 from fbrs.inference.merge import MergeConfig
 from fbrs.inference.sam_guard import FeedbackGuardConfig
+from fbrs.inference.sam_modes import SAM_ZOOM
 from fbrs.inference.sam_predictor import SamPredictor
 from fbrs.inference.sam_zoom import SamZoomConfig
 from fbrs.models.sam.model import load_default_sam_model
@@ -178,7 +179,9 @@ def main() -> None:
     parser.add_argument("--merges", default=None, help=f"progressive-merge candidates instead: {','.join(MERGES)}")
     parser.add_argument("--insertion", default=None,
                         help="--guards, --zooms, --merges: on this f-BRS insertion (default: plain loop)")
-    parser.add_argument("--guard", action="store_true", help="--zooms, --merges: with the f-BRS guard on")
+    parser.add_argument("--guard", action="store_true", help="--zooms, --merges, --guards: with the f-BRS guard on")
+    parser.add_argument("--default-zoom", action="store_true",
+                        help="--guards: with SAM_ZOOM's Zoom-In (+ --insertion image_tokens --guard: the default)")
     parser.add_argument("--lbfgs-max-evaluations", type=int, default=None,
                         help="--zooms, --merges with --insertion: L-BFGS evaluations per click (default 20)")
     parser.add_argument("--scan", type=Path, default=None,
@@ -232,7 +235,9 @@ def run_guards(args: argparse.Namespace, model) -> None:
             done[(record["sample"], "off")] = record["ious"]
     if args.out.is_file():
         for record in map(json.loads, args.out.read_text().splitlines()):
-            if record.get("insertion") == args.insertion and "guard" in record:
+            if (record.get("insertion") == args.insertion and "guard" in record
+                    and record.get("fbrs_guard", False) == args.guard
+                    and record.get("zoom", False) == args.default_zoom):
                 done[(record["sample"], record["guard"])] = record["ious"]
     sets = tuple(args.sets.split(","))
     regular = training_samples(args.per_set, args.offset, sets) if args.per_set else []
@@ -241,11 +246,14 @@ def run_guards(args: argparse.Namespace, model) -> None:
 
     def run(log, sample: Sample, name: str) -> list[float]:
         if (sample.name, name) not in done:
-            predictor = SamPredictor(model, insertion=args.insertion, feedback_guard=GUARDS[name])
+            zoom = SamZoomConfig(**SAM_ZOOM) if args.default_zoom else False
+            predictor = SamPredictor(model, insertion=args.insertion, feedback_guard=GUARDS[name], guard=args.guard,
+                                     zoom_in=zoom)
             result = evaluate_sample(predictor, sample)
             done[(sample.name, name)] = result.ious
             log.write(json.dumps({"sample": sample.name, "insertion": args.insertion, "guard": name,
-                                  "ious": result.ious, "spc": float(np.mean(result.click_seconds))}) + "\n")
+                                  "fbrs_guard": args.guard, "zoom": args.default_zoom, "ious": result.ious,
+                                  "spc": float(np.mean(result.click_seconds))}) + "\n")
             log.flush()
         return done[(sample.name, name)]
 
