@@ -147,6 +147,10 @@ ZOOMS = {
     "z2.2-a0.7": SamZoomConfig(expansion_ratio=2.2, agreement=0.7),
     "z1.4-gain2-a0.7": SamZoomConfig(min_gain=2.0, agreement=0.7),
     "z1.4-a0.7": SamZoomConfig(agreement=0.7),
+    # the agreement check at fewer crop clicks (it is a second transformer pass)
+    "z2.2-gain2-a0.7-new": SamZoomConfig(expansion_ratio=2.2, min_gain=2.0, agreement=0.7, agreement_checks="new_crop"),
+    "z2.2-gain2-a0.7-until": SamZoomConfig(expansion_ratio=2.2, min_gain=2.0, agreement=0.7,
+                                           agreement_checks="until_agreed"),
 }
 
 

@@ -203,3 +203,12 @@ def test_masks_on_the_support_are_the_masks_there_and_zero_elsewhere(insertion):
     # No click square at all (clicks on row or column 0 have none, as in the original): zeros, no error.
     nothing = decoder.masks_on_support(insertion, features, token_side, 1, torch.zeros_like(support))
     assert nothing.shape == whole.shape and torch.count_nonzero(nothing) == 0
+    # f-BRS's per-channel scale and bias, applied to the picked pixels only: the masks of the modulated map
+    generator = torch.Generator().manual_seed(0)
+    scale = 1 + 0.3 * torch.randn((2, features.shape[1], 1, 1), generator=generator)
+    bias = 0.3 * torch.randn((2, features.shape[1], 1, 1), generator=generator)
+    with torch.no_grad():
+        modulated = decoder.masks_from(insertion, features * scale + bias, prompt, token_side, mask_index=1)
+        on_support = decoder.masks_on_support(insertion, features, token_side, 1, support, scale, bias)
+    assert (modulated[support] - whole[support]).abs().max() > 1e-2  # the modulation changes the logits there
+    torch.testing.assert_close(on_support[support], modulated[support], atol=1e-5, rtol=1e-5)

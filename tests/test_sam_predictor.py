@@ -193,7 +193,7 @@ def test_the_support_gradient_is_the_whole_map_gradient(tiny_sam, image, inserti
         return network.logits_from(insertion, features * scale + bias, context, (64, 64))
 
     def support_fn(scale, bias):
-        return network.support_logits_from(insertion, features * scale + bias, context, (positive + negative) > 0)
+        return network.support_logits_from(insertion, features, context, (positive + negative) > 0, scale, bias)
 
     config = BRSConfig(min_iou_diff=0.0)  # no early exit on an unchanged mask: both must return a gradient
     x = np.random.default_rng(0).normal(0, 0.3, 2 * channels).astype(np.float32)

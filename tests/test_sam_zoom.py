@@ -188,6 +188,42 @@ def test_zoom_agreement_falls_back_to_the_whole_image_answer(minisam, small_obje
         SamZoomConfig(agreement=1.5)
 
 
+@pytest.mark.parametrize(
+    ("checks", "agreement", "expected"),
+    [("every", 1.0, [True, True]), ("new_crop", 1.0, [True, False]), ("until_agreed", 1.0, [True, True]),
+     ("until_agreed", 0.0, [True, False])],
+)
+def test_zoom_agreement_checks_the_chosen_crop_clicks(minisam, small_object_picture, checks, agreement, expected):
+    picture, _ = small_object_picture
+    predictor = SamPredictor(minisam, zoom_in=SamZoomConfig(agreement=agreement, agreement_checks=checks))
+    predictor.set_image(picture)
+    checked = []
+    check = predictor._agreeing_answer
+
+    def counting_check(*args):
+        checked.append(len(predictor._clicks))
+        return check(*args)
+
+    predictor._agreeing_answer = counting_check
+    maps, frames, fallbacks = [], [], []
+    for y, x, positive in [(200, 325, True), (100, 100, False), (205, 330, True)]:
+        maps.append(predictor.add_click(y, x, positive))
+        frames.append(predictor.get_state().frame)
+        fallbacks.append(predictor.last_zoom_fallback)
+    assert frames[0].roi is None and frames[1].roi is not None and frames[2] is frames[1]  # clicks 2, 3: one crop
+    assert [click in checked for click in (2, 3)] == expected
+    # a click that is not checked keeps the crop's own answer; agreement 1 falls back wherever it checks
+    assert fallbacks[1:] == [was_checked and agreement == 1.0 for was_checked in expected]
+    # whether the crop has agreed is part of the state: undo and a replay give the same maps
+    assert np.array_equal(predictor.undo(), maps[1])
+    assert np.array_equal(predictor.redo(), maps[2])
+    replay = SamPredictor(minisam, zoom_in=SamZoomConfig(agreement=agreement, agreement_checks=checks))
+    replay.set_image(picture)
+    np.testing.assert_array_equal(replay.predict([(200, 325), (100, 100), (205, 330)], [1, 0, 1]), maps[2])
+    with pytest.raises(ValueError, match="agreement_checks"):
+        SamZoomConfig(agreement_checks="sometimes")
+
+
 def test_the_zoom_mode_takes_the_chosen_settings(minisam):
     import fbrs
     from fbrs.inference.sam_modes import SAM_ZOOM

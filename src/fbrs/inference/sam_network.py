@@ -111,11 +111,15 @@ class SamNetwork:
         return logits
 
     def support_logits_from(
-        self, insertion: str, features: torch.Tensor, context: SamContext, support: torch.Tensor
+        self, insertion: str, features: torch.Tensor, context: SamContext, support: torch.Tensor,
+        scale: torch.Tensor | None = None, bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """As logits_from, computed only where `support` ((1, 1, L, L) bool) is set, 0 elsewhere
+        """As logits_from(insertion, features * scale + bias, ...) ((1, C, 1, 1) scale and bias, or None: the
+        features as they are), computed only where `support` ((1, 1, L, L) bool) is set, 0 elsewhere
         (`SamDecoder.masks_on_support`; insertions image_tokens and upscaled): FeatureBRS's support_gradient."""
-        return self.decoder.masks_on_support(insertion, features, context.token_side, context.mask_index, support)
+        return self.decoder.masks_on_support(
+            insertion, features, context.token_side, context.mask_index, support, scale, bias
+        )
 
     def _check_frame(self, frame: torch.Tensor) -> None:
         size = self.decoder.config.low_res_size

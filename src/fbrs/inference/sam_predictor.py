@@ -48,11 +48,13 @@ from fbrs.models.sam.model import SamModel
 class SamState(PredictorState):
     """A `SamPredictor`'s state: `PredictorState` plus the last click's (1, 1, L, L) low-res logits (the next
     click's mask input), the frame they are in (the whole image's embedding, or Zoom-In's crop and its
-    embedding) and the refiner's state dict."""
+    embedding), the refiner's state dict, and whether an answer in that crop has agreed with the whole image's
+    (Zoom-In's agreement check, `SamZoomConfig.agreement_checks`)."""
 
     low_res: torch.Tensor | None
     frame: SamFrame | None
     refiner: dict[str, Any]
+    crop_agreed: bool = False
 
 
 class SamPredictor(InteractivePredictor):
@@ -145,6 +147,7 @@ class SamPredictor(InteractivePredictor):
         self._image_frame: SamFrame | None = None  # the whole image's embedding
         self._frame: SamFrame | None = None  # where the last click was decoded (a crop with Zoom-In)
         self._low_res: torch.Tensor | None = None  # (1, 1, L, L) logits of the last click: the next mask input
+        self._crop_agreed = False  # an answer in the current crop has passed the agreement check
 
     # -- InteractivePredictor hooks ---------------------------------------------------------------
     def _load_image(self, image: np.ndarray) -> None:
@@ -154,16 +157,19 @@ class SamPredictor(InteractivePredictor):
     def _reset_model(self) -> None:
         self._low_res = None
         self._frame = self._image_frame
+        self._crop_agreed = False
         self.refiner.reset()
 
     def _model_state(self) -> dict[str, Any]:
-        return {"low_res": self._low_res, "frame": self._frame, "refiner": self.refiner.get_state()}
+        return {"low_res": self._low_res, "frame": self._frame, "refiner": self.refiner.get_state(),
+                "crop_agreed": self._crop_agreed}
 
     def _restore_model_state(self, state: SamState) -> None:
         self._low_res = state.low_res
         # A state from before frames were stored has its low-res logits in the whole image's frame.
         self._frame = state.frame or self._image_frame
         self.refiner.set_state(state.refiner)
+        self._crop_agreed = state.crop_agreed
 
     def _compute(self) -> tuple[np.ndarray, None]:
         probabilities, self._low_res = self._predict()
@@ -204,10 +210,20 @@ class SamPredictor(InteractivePredictor):
             )
             low_res = torch.from_numpy(merged)[None, None].to(low_res.device)
         self.last_zoom_fallback = False
+        new_frame = frame is not self._frame
         self._frame = frame
-        if self.zoom is not None and self.zoom.agreement is not None and frame.roi is not None:
+        if new_frame:
+            self._crop_agreed = False
+        if self._checks_agreement(frame, new_frame):
             return self._agreeing_answer(frame, low_res, previous, grid)
         return frame_probabilities(frame, low_res, self.image_size, config.input_size), low_res
+
+    def _checks_agreement(self, frame: SamFrame, new_frame: bool) -> bool:
+        """Whether this click's answer in `frame` is checked against the whole image's (`SamZoomConfig`)."""
+        if self.zoom is None or self.zoom.agreement is None or frame.roi is None:
+            return False
+        checks = self.zoom.agreement_checks
+        return checks == "every" or new_frame or (checks == "until_agreed" and not self._crop_agreed)
 
     def _agreeing_answer(
         self, frame: SamFrame, low_res: torch.Tensor, previous: torch.Tensor | None, grid: torch.Tensor
@@ -229,6 +245,7 @@ class SamPredictor(InteractivePredictor):
         crop_probabilities = frame_probabilities(frame, low_res, self.image_size, config.input_size)
         whole_mask = frame_probabilities(whole, answer, self.image_size, config.input_size) > threshold
         if mask_iou(crop_probabilities > threshold, whole_mask) >= self.zoom.agreement:
+            self._crop_agreed = True
             return crop_probabilities, low_res
         self.last_zoom_fallback = True
         moved = resample_low_res(answer, whole, frame, config.input_size, config.low_res_size)

@@ -26,6 +26,9 @@ from fbrs.inference.clicks import Click
 from fbrs.models.sam.frame import from_low_res, to_low_res, upscale_logits
 from fbrs.models.sam.image_encoder import ImageEmbedding
 
+#: `SamZoomConfig.agreement_checks`: the crop clicks whose answer is checked against the whole image's.
+AGREEMENT_CHECKS = ("every", "new_crop", "until_agreed")
+
 
 @dataclass(frozen=True)
 class SamZoomConfig:
@@ -38,9 +41,13 @@ class SamZoomConfig:
     agreement: in a crop the decoder also answers on the whole image (decoder only: that embedding is cached),
     and the crop's answer is kept only where its mask overlaps that answer by at least this IoU; else the
     whole-image answer, moved into the crop, is returned (None: always the crop's; the crop's first answers
-    are where Zoom-In collapsed masks on held-out objects). Defaults: the DeepLab Zoom-In's crop rule, which did
-    not pay on held-out training objects; `SAM-zoom` and the default mode use the settings that did,
-    `fbrs.inference.sam_modes.SAM_ZOOM` (benchmarks/sam_options.py --zooms; benchmarks/results/sam_zoom.md)."""
+    are where Zoom-In collapsed masks on held-out objects). agreement_checks: at which crop clicks that check
+    runs: "every" (every click decoded in a crop), "new_crop" (the first click of each crop only), or
+    "until_agreed" (in a crop until its answer has agreed once). The check is a second transformer pass (a
+    third of a refined click on a CPU), so checking fewer clicks is cheaper. Defaults: the DeepLab Zoom-In's
+    crop rule, which did not pay on held-out training objects; `SAM-zoom` and the default mode use the
+    settings that did, `fbrs.inference.sam_modes.SAM_ZOOM` (benchmarks/sam_options.py --zooms;
+    benchmarks/results/sam_zoom.md)."""
 
     skip_clicks: int = 1
     expansion_ratio: float = 1.4
@@ -49,6 +56,7 @@ class SamZoomConfig:
     min_gain: float = 1.25
     prob_threshold: float = 0.5
     agreement: float | None = None
+    agreement_checks: str = "every"
 
     def __post_init__(self) -> None:
         if self.skip_clicks < 0 or self.expansion_ratio < 1 or self.min_crop_size < 1 or self.min_gain < 1:
@@ -56,6 +64,9 @@ class SamZoomConfig:
                              "min_crop_size >= 1 and min_gain >= 1")
         if self.agreement is not None and not 0 <= self.agreement <= 1:
             raise ValueError(f"invalid SamZoomConfig {self}: agreement must be None or in [0, 1]")
+        if self.agreement_checks not in AGREEMENT_CHECKS:
+            raise ValueError(f"invalid SamZoomConfig {self}: agreement_checks must be one of "
+                             f"{', '.join(AGREEMENT_CHECKS)}")
 
 
 @dataclass(frozen=True)

@@ -137,8 +137,9 @@ class FeatureBRS(Refiner):
     guard: None (default, the original) or a `brs.guard.GuardConfig`: a solution that flips many pixels far
     from every click relative to the network's own answer is damped towards that answer (`brs.guard`).
     support_gradient: take the gradient through the click squares only, with the model's
-    `support_logits_from` (networks whose logits are per-pixel after the insertion point: the SAM decoder
-    after its transformer; `brs.objective.SupportClickObjective`). Same loss and gradient up to float
+    `support_logits_from(insertion, features, context, support, scale, bias)` (networks whose logits are
+    per-pixel after the insertion point: the SAM decoder after its transformer;
+    `brs.objective.SupportClickObjective`). Same loss and gradient up to float
     summation order; the DeepLab models have no such method.
     """
 
@@ -219,7 +220,7 @@ class FeatureBRS(Refiner):
 
             def support_fn(scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
                 scale, bias = per_item(scale, bias)
-                return model.support_logits_from(insertion, features * scale + bias, skip, support)
+                return model.support_logits_from(insertion, features, skip, support, scale, bias)
 
             objective = SupportClickObjective(self.config, logits_fn, support_fn, unpack, positive, negative)
         elif radius is None:

@@ -178,10 +178,14 @@ class SamDecoder(nn.Module):
         token_side: SamFeatures,
         mask_index: int,
         support: torch.Tensor,
+        scale: torch.Tensor | None = None,
+        bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """As `masks_from(insertion, features, ..., mask_index)` (image_tokens or upscaled only), computed only
-        at the pixels of `support` ((B, 1, 4S, 4S) bool): (B, 1, 4S, 4S) logits, equal to masks_from's there
-        and 0 elsewhere. After those two points every output pixel depends on one feature pixel only (the
+        """As `masks_from(insertion, features * scale + bias, ..., mask_index)` (image_tokens or upscaled only;
+        scale, bias (B, C, 1, 1) or None: the features as they are), computed only at the pixels of `support`
+        ((B, 1, 4S, 4S) bool): (B, 1, 4S, 4S) logits, equal to masks_from's there and 0 elsewhere. The scale and
+        bias are applied to the picked feature pixels only: f-BRS's graph then holds a few dozen pixels, not
+        the whole map. After those two points every output pixel depends on one feature pixel only (the
         transposed convolutions have stride = kernel size; the rest is per pixel), so this is exact where it is
         computed; f-BRS takes its click-loss gradient this way (`FeatureBRS(support_gradient=True)`): the loss
         sees only the click squares, a few dozen pixels of 65,536."""
@@ -193,6 +197,10 @@ class SamDecoder(nn.Module):
         wanted = support[:, 0].reshape(batch, height, stride, width, stride).any(dim=4).any(dim=2)
         items, rows, columns = torch.nonzero(wanted, as_tuple=True)
         picked = features.permute(0, 2, 3, 1)[items, rows, columns]  # (n, C)
+        if scale is not None:
+            picked = picked * scale.reshape(batch, -1)[items]
+        if bias is not None:
+            picked = picked + bias.reshape(batch, -1)[items]
         if insertion == "image_tokens":
             picked = self._upscaled_rows(picked).view(len(items), 16, weights.shape[-1])  # (n, 16, U); n may be 0
         else:
