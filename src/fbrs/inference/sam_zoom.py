@@ -42,10 +42,11 @@ class SamZoomConfig:
     and the crop's answer is kept only where its mask overlaps that answer by at least this IoU; else the
     whole-image answer, moved into the crop, is returned (None: always the crop's; the crop's first answers
     are where Zoom-In collapsed masks on held-out objects). agreement_checks: at which crop clicks that check
-    runs: "every" (every click decoded in a crop), "new_crop" (the first click of each crop only), or
-    "until_agreed" (in a crop until its answer has agreed once), or "changed" (until agreed, and again at a
+    runs: "every" (every click decoded in a crop), "new_crop" (the first click of each crop only),
+    "until_agreed" (in a crop until its answer has agreed once) or "changed" (until agreed, and again at a
     click whose mask overlaps the previous click's by an IoU below `recheck_iou`). The check is a second
-    transformer pass (a third of a refined click on a CPU), so checking fewer clicks is cheaper. Defaults:
+    transformer pass (a third of a refined click on a CPU), so checking fewer clicks is cheaper, but on
+    held-out objects only "every" kept every collapse away (sam_zoom.md, fifth round). Defaults:
     the DeepLab Zoom-In's crop rule, which did not pay on held-out training objects; `SAM-zoom` and the
     default mode use the settings that did, `fbrs.inference.sam_modes.SAM_ZOOM` (benchmarks/sam_options.py
     --zooms; benchmarks/results/sam_zoom.md)."""
