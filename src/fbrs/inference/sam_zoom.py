@@ -46,7 +46,7 @@ class SamZoomConfig:
     "until_agreed" (in a crop until its answer has agreed once) or "changed" (until agreed, and again at a
     click whose mask overlaps the previous click's by an IoU below `recheck_iou`). The check is a second
     transformer pass (a third of a refined click on a CPU), so checking fewer clicks is cheaper, but on
-    held-out objects only "every" kept every collapse away (sam_zoom.md, fifth round). Defaults:
+    held-out objects the cheaper choices each added a collapse (sam_zoom.md, fifth round). Defaults:
     the DeepLab Zoom-In's crop rule, which did not pay on held-out training objects; `SAM-zoom` and the
     default mode use the settings that did, `fbrs.inference.sam_modes.SAM_ZOOM` (benchmarks/sam_options.py
     --zooms; benchmarks/results/sam_zoom.md)."""
